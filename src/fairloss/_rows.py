@@ -1,0 +1,231 @@
+"""The FairLoss math on rows of logits: one row per element, classes along dimension 1.
+
+Two implementations of one formula live here:
+
+* :func:`fair_loss_rows_composite` — plain differentiable PyTorch; autograd derives its gradient.
+  It is the readable statement of the semantics, the path taken under ``torch.compile`` and the
+  one that double backward differentiates.
+* :func:`fair_loss_rows_forward` / :func:`fair_loss_rows_backward` — the fast eager path used by
+  :class:`fairloss._autograd.FairLossFunction`. It keeps only per-row statistics between forward
+  and backward and spends SmoothMax work only on the rows where the penalty is not saturated.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class FairLossOptions:
+    """The non-tensor options of one FairLoss call (``penalty_scale`` already resolved)."""
+
+    ignore_index: int
+    label_smoothing: float
+    smooth_max_beta: float
+    scaling_factor: float
+    penalty_scale: float
+    probability_target: bool
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """FairLoss computes in float64 for float64 input and in float32 otherwise."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _exp_floor(dtype: torch.dtype) -> float:
+    # exp() of arguments far below log(tiny) is several times slower on CPU (it underflows
+    # through the subnormals) and its value is lost next to the row's largest term exp(0) = 1.
+    return math.log(torch.finfo(dtype).tiny) + 8.0
+
+
+def _saturation_threshold(dtype: torch.dtype) -> float:
+    # For x above this, sech(x)**2 <= 4 exp(-2x) rounds to zero and tanh(x) to one in `dtype`.
+    finfo = torch.finfo(dtype)
+    return 0.5 * math.log(4.0 / (finfo.tiny * finfo.eps))
+
+
+def reference_class(target: Tensor, options: FairLossOptions) -> tuple[Tensor, Tensor]:
+    """The class each row's penalty compares against, and which rows count.
+
+    Returns ``(reference, valid)``: the target index (or the target's argmax over classes, first
+    on ties, for probability targets), with ignored rows pointing at class 0; ``valid`` is False
+    on ignored rows.
+    """
+    if options.probability_target:
+        reference = target.argmax(dim=1)
+        return reference, torch.ones_like(reference, dtype=torch.bool)
+    valid = target != options.ignore_index
+    return target.masked_fill(~valid, 0), valid
+
+
+def penalty_weight(weight: Optional[Tensor], reference: Tensor, valid: Tensor) -> Tensor:
+    """``w[r]`` per row (1 without class weights), 0 on ignored rows."""
+    if weight is None:
+        return valid.to(torch.get_default_dtype())
+    return weight.to(compute_dtype(weight.dtype))[reference] * valid
+
+
+def _log_sum_exp_beta(logits: Tensor, row_max: Tensor, beta: float) -> Tensor:
+    """``log(sum_j exp(beta * (z_j - max)))`` per row, each term floored for speed."""
+    scaled = (logits - row_max.unsqueeze(1)).mul_(beta).clamp_min_(_exp_floor(logits.dtype))
+    return scaled.exp_().sum(dim=1).log_()
+
+
+def fair_loss_rows_composite(
+    logits: Tensor, target: Tensor, weight: Optional[Tensor], options: FairLossOptions
+) -> Tensor:
+    """Per-row FairLoss in plain differentiable PyTorch (compute dtype, shape ``(M,)``).
+
+    ``element = CE + w[r] * lambda * tanh(s * (SmoothMax(z) - z[r]) / 2)``, with
+    ``SmoothMax(z) = logsumexp(beta * z) / beta`` written as ``max + log(sum exp(beta * (z - max))) / beta``
+    so that the negative gap ``(max - z[r]) + log(...) / beta`` is a sum of two non-negative terms.
+    """
+    logits = logits.to(compute_dtype(logits.dtype))
+    ce_weight = None if weight is None else weight.to(logits.dtype)
+    ce = F.cross_entropy(
+        logits,
+        target,
+        ce_weight,
+        ignore_index=options.ignore_index,
+        reduction="none",
+        label_smoothing=options.label_smoothing,
+    )
+    reference, valid = reference_class(target, options)
+    row_max = logits.detach().amax(dim=1)
+    beta = options.smooth_max_beta
+    scaled = (beta * (logits - row_max.unsqueeze(1))).clamp_min(_exp_floor(logits.dtype))
+    log_sum = torch.logsumexp(scaled, dim=1)
+    reference_logit = logits.gather(1, reference.unsqueeze(1)).squeeze(1)
+    negative_gap = (row_max - reference_logit) + log_sum / beta
+    penalty = options.penalty_scale * torch.tanh(options.scaling_factor * negative_gap / 2)
+    return ce + penalty_weight(weight, reference, valid).to(logits.dtype) * penalty
+
+
+class RowStatistics(NamedTuple):
+    """What the fast forward keeps for backward: O(rows) numbers, no (rows, classes) tensor.
+
+    ``active`` indexes the rows whose penalty gradient is not exactly zero in the compute dtype;
+    ``smooth_max`` and ``penalty_slope`` hold, for those rows only, SmoothMax(z) and
+    ``w[r] * lambda * s / 2 * sech(s * negative_gap / 2) ** 2``.
+    """
+
+    reference: Tensor
+    valid: Tensor
+    active: Tensor
+    smooth_max: Tensor
+    penalty_slope: Tensor
+
+
+def fair_loss_rows_forward(
+    logits: Tensor, target: Tensor, weight: Optional[Tensor], options: FairLossOptions
+) -> tuple[Tensor, RowStatistics]:
+    """Per-row FairLoss without autograd, and the statistics backward needs.
+
+    Equal to :func:`fair_loss_rows_composite`. A row whose reference logit lies below the row
+    maximum by more than ``2 * threshold / s`` has ``tanh == 1`` and ``sech**2 == 0`` in the compute
+    dtype whatever SmoothMax is (SmoothMax >= max), so SmoothMax is computed only for the others.
+    """
+    logits = logits.to(compute_dtype(logits.dtype))
+    ce_weight = None if weight is None else weight.to(logits.dtype)
+    ce = F.cross_entropy(
+        logits,
+        target,
+        ce_weight,
+        ignore_index=options.ignore_index,
+        reduction="none",
+        label_smoothing=options.label_smoothing,
+    )
+    reference, valid = reference_class(target, options)
+    class_weight = penalty_weight(weight, reference, valid).to(logits.dtype)
+    scale, lam = options.scaling_factor, options.penalty_scale
+    no_rows = logits.new_zeros(0)
+    if scale == 0.0 or lam == 0.0 or logits.shape[0] == 0:
+        empty = torch.zeros(0, dtype=torch.long, device=logits.device)
+        return ce, RowStatistics(reference, valid, empty, no_rows, no_rows)
+
+    row_max = logits.amax(dim=1)
+    reference_logit = logits.gather(1, reference.unsqueeze(1)).squeeze(1)
+    max_gap = row_max - reference_logit
+    active = torch.nonzero(
+        valid & (scale * max_gap / 2 <= _saturation_threshold(logits.dtype))
+    ).squeeze(1)
+
+    penalty = torch.full_like(ce, lam)
+    beta = options.smooth_max_beta
+    log_sum = _log_sum_exp_beta(logits.index_select(0, active), row_max[active], beta)
+    negative_gap = max_gap[active] + log_sum / beta
+    half_scaled_gap = scale * negative_gap / 2
+    penalty[active] = lam * torch.tanh(half_scaled_gap)
+    decay = torch.exp(-2 * half_scaled_gap)
+    sech_squared = 4 * decay / (1 + decay) ** 2
+    penalty_slope = class_weight[active] * (lam * scale / 2) * sech_squared
+    smooth_max = row_max[active] + log_sum / beta
+    loss = ce + class_weight * penalty
+    return loss, RowStatistics(reference, valid, active, smooth_max, penalty_slope)
+
+
+def fair_loss_rows_backward(
+    logits: Tensor,
+    target: Tensor,
+    weight: Optional[Tensor],
+    options: FairLossOptions,
+    statistics: RowStatistics,
+    grad_loss: Tensor,
+) -> Tensor:
+    """Gradient of ``sum(grad_loss * rows_loss)`` w.r.t. the logits, built in one buffer.
+
+    Cross-entropy part, with ``p = softmax(z)``, ``eps`` = label smoothing, ``y'`` the smoothed
+    target distribution: ``g * ((sum_c w_c y'_c) p - w * y')``. Penalty part on active rows:
+    ``g * penalty_slope * (softmax(beta * z) - onehot(r))``.
+    """
+    logits = logits.to(compute_dtype(logits.dtype))
+    num_classes = logits.shape[1]
+    eps = options.label_smoothing
+    grad_loss = grad_loss.to(logits.dtype)
+    class_weights = None if weight is None else weight.to(logits.dtype)
+    grad = torch.softmax(logits, dim=1)
+    if options.probability_target:
+        smoothed = target.to(logits.dtype) * (1 - eps) + eps / num_classes
+        weighted = smoothed if class_weights is None else smoothed * class_weights
+        grad.mul_((grad_loss * weighted.sum(dim=1)).unsqueeze(1))
+        grad.sub_(weighted.mul_(grad_loss.unsqueeze(1)))
+    else:
+        grad_loss = grad_loss * statistics.valid
+        reference = statistics.reference
+        if class_weights is None:
+            target_weight = torch.ones_like(grad_loss)
+            total_weight = float(num_classes)
+        else:
+            target_weight = class_weights[reference]
+            total_weight = class_weights.sum()
+        grad.mul_((grad_loss * ((1 - eps) * target_weight + eps * total_weight / num_classes))[:, None])
+        rows = torch.arange(grad.shape[0], device=grad.device)
+        grad.index_put_(
+            (rows, reference), -(1 - eps) * grad_loss * target_weight, accumulate=True
+        )
+        if eps > 0:
+            smoothing_row = (
+                torch.ones(num_classes, dtype=grad.dtype, device=grad.device)
+                if class_weights is None
+                else class_weights
+            )
+            grad.addr_(grad_loss * (eps / num_classes), smoothing_row, alpha=-1)
+
+    active = statistics.active
+    if active.numel() > 0:
+        slope = grad_loss[active] * statistics.penalty_slope
+        scaled = (logits.index_select(0, active) - statistics.smooth_max.unsqueeze(1)).mul_(
+            options.smooth_max_beta
+        )
+        penalty_grad = scaled.clamp_min_(_exp_floor(logits.dtype)).exp_().mul_(slope.unsqueeze(1))
+        penalty_grad[torch.arange(active.numel(), device=grad.device), statistics.reference[active]] -= (
+            slope
+        )
+        grad.index_add_(0, active, penalty_grad)
+    return grad

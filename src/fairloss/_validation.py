@@ -1,0 +1,130 @@
+"""Argument checks shared by the functional API, the modules and the metrics.
+
+Every user error is raised here, with one message pattern:
+``Expected argument `name` to be <what was expected>, but got <what was passed>.``
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def expected(name: str, what: str, got: object) -> str:
+    """Format the library's one error-message pattern."""
+    return f"Expected argument `{name}` to be {what}, but got {got}."
+
+
+def check_reduction(reduction: object) -> None:
+    if reduction not in REDUCTIONS:
+        raise ValueError(expected("reduction", f"one of {REDUCTIONS}", repr(reduction)))
+
+
+def _check_real(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(expected(name, "a real number", f"{type(value).__name__} {value!r}"))
+    return float(value)
+
+
+def check_positive_finite(name: str, value: object) -> float:
+    number = _check_real(name, value)
+    if not (math.isfinite(number) and number > 0):
+        raise ValueError(expected(name, "a finite number larger than 0", repr(value)))
+    return number
+
+
+def check_non_negative_finite(name: str, value: object) -> float:
+    number = _check_real(name, value)
+    if not (math.isfinite(number) and number >= 0):
+        raise ValueError(expected(name, "a finite number larger than or equal to 0", repr(value)))
+    return number
+
+
+def check_optional_non_negative_finite(name: str, value: object) -> Optional[float]:
+    return None if value is None else check_non_negative_finite(name, value)
+
+
+def check_label_smoothing(value: object) -> float:
+    number = _check_real("label_smoothing", value)
+    if not 0.0 <= number <= 1.0:
+        raise ValueError(expected("label_smoothing", "a number in [0, 1]", repr(value)))
+    return number
+
+
+def check_ignore_index(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(expected("ignore_index", "an integer", f"{type(value).__name__} {value!r}"))
+    return value
+
+
+def check_logits(input: Tensor) -> None:
+    if not isinstance(input, Tensor):
+        raise TypeError(expected("input", "a torch.Tensor", type(input).__name__))
+    if not input.is_floating_point():
+        raise TypeError(expected("input", "a floating point tensor of logits", input.dtype))
+    if input.dim() == 0:
+        raise ValueError(
+            expected("input", "a tensor of shape (C,), (N, C) or (N, C, d1, ..., dk)", "a scalar")
+        )
+
+
+def check_weight(weight: Optional[Tensor], num_classes: int) -> None:
+    if weight is None:
+        return
+    if not isinstance(weight, Tensor) or not weight.is_floating_point():
+        got = weight.dtype if isinstance(weight, Tensor) else type(weight).__name__
+        raise TypeError(expected("weight", "a floating point tensor", got))
+    if weight.shape != (num_classes,):
+        raise ValueError(
+            expected("weight", f"a tensor of shape ({num_classes},)", f"shape {tuple(weight.shape)}")
+        )
+
+
+def is_probability_target(input: Tensor, target: Tensor) -> bool:
+    """Tell which of ``F.cross_entropy``'s two target forms ``target`` has, or raise.
+
+    Class indices: an integer tensor shaped like ``input`` without the class dimension.
+    Class probabilities: a floating tensor shaped like ``input``.
+    """
+    if not isinstance(target, Tensor):
+        raise TypeError(expected("target", "a torch.Tensor", type(target).__name__))
+    class_dim = 0 if input.dim() == 1 else 1
+    index_shape = input.shape[:class_dim] + input.shape[class_dim + 1 :]
+    if target.is_floating_point() and target.shape == input.shape:
+        return True
+    if not target.is_floating_point() and not target.is_complex() and target.dtype != torch.bool:
+        if target.shape == index_shape:
+            return False
+    raise ValueError(
+        expected(
+            "target",
+            f"class indices of shape {tuple(index_shape)} (an integer tensor) or class "
+            f"probabilities of shape {tuple(input.shape)} (a floating tensor, the input's shape)",
+            f"a tensor of shape {tuple(target.shape)} and dtype {target.dtype}",
+        )
+    )
+
+
+def check_class_indices(target: Tensor, num_classes: int, ignore_index: int) -> None:
+    """Check that class indices lie in ``[0, num_classes)`` or equal ``ignore_index``.
+
+    Only CPU tensors are checked: on an accelerator the check would force a device sync.
+    """
+    if target.device.type != "cpu" or target.numel() == 0:
+        return
+    out_of_range = ((target < 0) | (target >= num_classes)) & (target != ignore_index)
+    if bool(out_of_range.any()):
+        bad_value = int(target[out_of_range][0])
+        raise ValueError(
+            expected(
+                "target",
+                f"class indices in [0, {num_classes}) or ignore_index={ignore_index}",
+                f"the value {bad_value}",
+            )
+        )
