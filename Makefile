@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_PIN)"
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	# pytorch-fairloss 0.1.1, for parity tests and benchmarks only: it also imports as
+	# `fairloss`, so it is downloaded, never installed, and loaded under another name.
+	$(BIN)/python -m pip download --quiet --no-deps --dest $(VENV)/old-release pytorch-fairloss==0.1.1
 	touch $(STAMP)
 
 lint: setup

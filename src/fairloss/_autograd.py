@@ -44,7 +44,9 @@ class FairLossFunction(torch.autograd.Function):
         options: FairLossOptions = ctx.options
         wants_target_grad = ctx.needs_input_grad[1]
         if torch.is_grad_enabled():
-            return _composite_backward(logits, target, weight, options, grad_loss, wants_target_grad)
+            return _composite_backward(
+                logits, target, weight, options, grad_loss, wants_target_grad
+            )
         statistics = RowStatistics(*saved)
         grad_logits = None
         if ctx.needs_input_grad[0]:

@@ -83,7 +83,8 @@ def fair_loss_rows_composite(
     """Per-row FairLoss in plain differentiable PyTorch (compute dtype, shape ``(M,)``).
 
     ``element = CE + w[r] * lambda * tanh(s * (SmoothMax(z) - z[r]) / 2)``, with
-    ``SmoothMax(z) = logsumexp(beta * z) / beta`` written as ``max + log(sum exp(beta * (z - max))) / beta``
+    ``SmoothMax(z) = logsumexp(beta * z) / beta``, written as
+    ``max + log(sum exp(beta * (z - max))) / beta``
     so that the negative gap ``(max - z[r]) + log(...) / beta`` is a sum of two non-negative terms.
     """
     logits = logits.to(compute_dtype(logits.dtype))
@@ -104,7 +105,9 @@ def fair_loss_rows_composite(
     reference_logit = logits.gather(1, reference.unsqueeze(1)).squeeze(1)
     negative_gap = (row_max - reference_logit) + log_sum / beta
     penalty = options.penalty_scale * torch.tanh(options.scaling_factor * negative_gap / 2)
-    return ce + penalty_weight(weight, reference, valid).to(logits.dtype) * penalty
+    class_weight = penalty_weight(weight, reference, valid).to(logits.dtype)
+    # `where`, not a product: an all-ignored "mean" divides by 0 and inf * 0 would leak NaN.
+    return ce + torch.where(valid, class_weight * penalty, 0.0)
 
 
 class RowStatistics(NamedTuple):
@@ -152,12 +155,11 @@ def fair_loss_rows_forward(
     row_max = logits.amax(dim=1)
     reference_logit = logits.gather(1, reference.unsqueeze(1)).squeeze(1)
     max_gap = row_max - reference_logit
-    active = torch.nonzero(
-        valid & (scale * max_gap / 2 <= _saturation_threshold(logits.dtype))
-    ).squeeze(1)
-
-    penalty = torch.full_like(ce, lam)
     beta = options.smooth_max_beta
+    unsaturated = valid & (scale * max_gap / 2 <= _saturation_threshold(logits.dtype))
+    active = _drop_clear_winners(logits, row_max, unsaturated & (max_gap == 0), unsaturated, beta)
+
+    penalty = torch.where(max_gap > 0, lam, 0.0).to(ce.dtype)
     log_sum = _log_sum_exp_beta(logits.index_select(0, active), row_max[active], beta)
     negative_gap = max_gap[active] + log_sum / beta
     half_scaled_gap = scale * negative_gap / 2
@@ -168,6 +170,33 @@ def fair_loss_rows_forward(
     smooth_max = row_max[active] + log_sum / beta
     loss = ce + class_weight * penalty
     return loss, RowStatistics(reference, valid, active, smooth_max, penalty_slope)
+
+
+def _drop_clear_winners(
+    logits: Tensor, row_max: Tensor, winners: Tensor, unsaturated: Tensor, beta: float
+) -> Tensor:
+    """Indices of the rows that need SmoothMax: ``unsaturated`` minus the clear winners.
+
+    A clear winner's reference logit is the maximum and every other logit lies more than
+    ``-floor / beta`` below it: each other term of ``sum exp(beta * (z - max))`` is below the
+    exp floor, so the gap is 0, the penalty 0 and its gradient 0 in the compute dtype.
+    """
+    winner_rows = torch.nonzero(winners).squeeze(1)
+    if winner_rows.numel() > 0:
+        margin = -_exp_floor(logits.dtype) / beta
+        candidates = logits if winner_rows.numel() > logits.shape[0] // 2 else logits[winner_rows]
+        candidate_max = row_max if candidates is logits else row_max[winner_rows]
+        # Sum of the logits' excess over (max - margin): the max alone contributes `margin`;
+        # a runner-up within the margin adds more (a tolerance of 1e-3 * margin admits only
+        # runners-up whose exp term is still below the floor's order of magnitude).
+        threshold = (candidate_max - margin).unsqueeze(1)
+        excess = (candidates - threshold).clamp_min_(0).sum(dim=1)
+        if candidates is logits:
+            excess = excess[winner_rows]
+        clear = excess <= margin * (1 + 1e-3)
+        unsaturated = unsaturated.clone()
+        unsaturated[winner_rows[clear]] = False
+    return torch.nonzero(unsaturated).squeeze(1)
 
 
 def fair_loss_rows_backward(
@@ -196,19 +225,20 @@ def fair_loss_rows_backward(
         grad.mul_((grad_loss * weighted.sum(dim=1)).unsqueeze(1))
         grad.sub_(weighted.mul_(grad_loss.unsqueeze(1)))
     else:
-        grad_loss = grad_loss * statistics.valid
+        grad_loss = torch.where(statistics.valid, grad_loss, 0.0)
         reference = statistics.reference
+        total_weight: float | Tensor
         if class_weights is None:
             target_weight = torch.ones_like(grad_loss)
             total_weight = float(num_classes)
         else:
             target_weight = class_weights[reference]
             total_weight = class_weights.sum()
-        grad.mul_((grad_loss * ((1 - eps) * target_weight + eps * total_weight / num_classes))[:, None])
-        rows = torch.arange(grad.shape[0], device=grad.device)
-        grad.index_put_(
-            (rows, reference), -(1 - eps) * grad_loss * target_weight, accumulate=True
+        grad.mul_(
+            (grad_loss * ((1 - eps) * target_weight + eps * total_weight / num_classes))[:, None]
         )
+        rows = torch.arange(grad.shape[0], device=grad.device)
+        grad.index_put_((rows, reference), -(1 - eps) * grad_loss * target_weight, accumulate=True)
         if eps > 0:
             smoothing_row = (
                 torch.ones(num_classes, dtype=grad.dtype, device=grad.device)
@@ -223,9 +253,11 @@ def fair_loss_rows_backward(
         scaled = (logits.index_select(0, active) - statistics.smooth_max.unsqueeze(1)).mul_(
             options.smooth_max_beta
         )
-        penalty_grad = scaled.clamp_min_(_exp_floor(logits.dtype)).exp_().mul_(slope.unsqueeze(1))
-        penalty_grad[torch.arange(active.numel(), device=grad.device), statistics.reference[active]] -= (
-            slope
-        )
-        grad.index_add_(0, active, penalty_grad)
+        floor = _exp_floor(logits.dtype)
+        beta_softmax = torch.threshold_(scaled.clamp_min_(floor).exp_(), math.exp(floor), 0.0)
+        penalty_grad = beta_softmax.mul_(slope.unsqueeze(1))
+        active_rows = torch.arange(active.numel(), device=grad.device)
+        penalty_grad[active_rows, statistics.reference[active]] -= slope
+        # Rows in `active` are distinct: a gather-add-scatter beats index_add_ on CPU.
+        grad[active] = penalty_grad.add_(grad.index_select(0, active))
     return grad

@@ -82,7 +82,9 @@ def check_weight(weight: Optional[Tensor], num_classes: int) -> None:
         raise TypeError(expected("weight", "a floating point tensor", got))
     if weight.shape != (num_classes,):
         raise ValueError(
-            expected("weight", f"a tensor of shape ({num_classes},)", f"shape {tuple(weight.shape)}")
+            expected(
+                "weight", f"a tensor of shape ({num_classes},)", f"shape {tuple(weight.shape)}"
+            )
         )
 
 

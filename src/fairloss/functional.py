@@ -44,7 +44,8 @@ def fair_loss(
         \operatorname{SmoothMax}(z) = \tfrac{1}{\beta}\log\textstyle\sum_{c} e^{\beta z_c},\qquad
         \operatorname{gap} = z_r - \operatorname{SmoothMax}(z) \le 0,
 
-        \ell = \operatorname{CE}(z, y) + w_r\,\lambda\,\tanh\!\left(-\tfrac{s}{2}\,\operatorname{gap}\right)
+        \ell = \operatorname{CE}(z, y)
+               + w_r\,\lambda\,\tanh\!\left(-\tfrac{s}{2}\,\operatorname{gap}\right)
 
     where CE is ``F.cross_entropy(..., reduction="none")`` with the same ``weight``,
     ``ignore_index`` and ``label_smoothing``. The penalty lies in :math:`[0, \lambda)`: close to 0
@@ -200,5 +201,3 @@ def _mean_denominator(
         return valid.sum().to(dtype)
     safe_target = target_rows.masked_fill(~valid, 0)
     return (weight.to(dtype)[safe_target] * valid).sum()
-
-

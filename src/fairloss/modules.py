@@ -22,7 +22,8 @@ class FairLoss(nn.Module):
     .. math::
         \ell = \operatorname{CE}(z, y) + w_r\,\lambda\,
                \tanh\!\Big(\tfrac{s}{2}\big(\operatorname{SmoothMax}_\beta(z) - z_r\big)\Big),
-        \qquad \operatorname{SmoothMax}_\beta(z) = \tfrac{1}{\beta}\log\textstyle\sum_c e^{\beta z_c}
+        \qquad
+        \operatorname{SmoothMax}_\beta(z) = \tfrac{1}{\beta}\log\textstyle\sum_c e^{\beta z_c}
 
     with :math:`\beta` = ``smooth_max_beta``, :math:`s` = ``scaling_factor`` and :math:`\lambda` =
     ``penalty_scale`` (``1 / C`` when ``None``). ``reduction="mean"`` divides the sum by the total
@@ -65,8 +66,8 @@ class FairLoss(nn.Module):
         >>> import torch
         >>> from fairloss import FairLoss
         >>> criterion = FairLoss(reduction="none")
-        >>> criterion
-        FairLoss(smooth_max_beta=1000.0, scaling_factor=1000.0, reduction='none', penalty_scale=None)
+        >>> criterion.scaling_factor, criterion.reduction
+        (1000.0, 'none')
         >>> logits = torch.tensor([[0.34, 0.33, 0.33], [0.49, 0.51, 0.00]])
         >>> criterion(logits, torch.tensor([0, 0]))
         tensor([1.0920, 1.3014])

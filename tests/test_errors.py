@@ -1,0 +1,99 @@
+"""Bad input raises a clear exception naming the argument; never a silent number."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from fairloss import FairLoss, fair_loss
+
+LOGITS = torch.randn(3, 4)
+TARGET = torch.tensor([0, 3, 1])
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        (
+            {"reduction": "avg"},
+            ValueError,
+            r"`reduction` to be one of \('mean', 'sum', 'none'\), but got 'avg'",
+        ),
+        ({"reduction": None}, ValueError, r"`reduction`"),
+        (
+            {"smooth_max_beta": 0.0},
+            ValueError,
+            r"`smooth_max_beta` to be a finite number larger than 0",
+        ),
+        ({"smooth_max_beta": -1.0}, ValueError, r"`smooth_max_beta`"),
+        ({"smooth_max_beta": math.inf}, ValueError, r"`smooth_max_beta`"),
+        ({"smooth_max_beta": math.nan}, ValueError, r"`smooth_max_beta`"),
+        ({"smooth_max_beta": "big"}, TypeError, r"`smooth_max_beta` to be a real number"),
+        (
+            {"scaling_factor": -1.0},
+            ValueError,
+            r"`scaling_factor` to be a finite number larger than or equal to 0",
+        ),
+        ({"scaling_factor": math.inf}, ValueError, r"`scaling_factor`"),
+        ({"penalty_scale": -0.1}, ValueError, r"`penalty_scale`"),
+        ({"penalty_scale": math.nan}, ValueError, r"`penalty_scale`"),
+        (
+            {"label_smoothing": 1.5},
+            ValueError,
+            r"`label_smoothing` to be a number in \[0, 1\], but got 1.5",
+        ),
+        ({"label_smoothing": -0.1}, ValueError, r"`label_smoothing`"),
+        ({"ignore_index": 1.5}, TypeError, r"`ignore_index` to be an integer"),
+    ],
+)
+def test_bad_options(options: dict, error: type, message: str) -> None:
+    with pytest.raises(error, match=message):
+        fair_loss(LOGITS, TARGET, **options)
+    module_options = {k: v for k, v in options.items() if k != "ignore_index"} or options
+    with pytest.raises(error, match=message):
+        FairLoss(**module_options)(LOGITS, TARGET)
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        (torch.tensor([0, 1]), r"class indices of shape \(3,\).*but got a tensor of shape \(2,\)"),
+        (
+            torch.zeros(3, 5),
+            r"probabilities of shape \(3, 4\).*shape \(3, 5\) and dtype torch.float32",
+        ),
+        (torch.zeros(3, 4, dtype=torch.long), r"`target`.*shape \(3, 4\) and dtype torch.int64"),
+        (torch.zeros(3, dtype=torch.float32), r"`target`.*dtype torch.float32"),
+        (torch.zeros(3, dtype=torch.bool), r"`target`.*dtype torch.bool"),
+        (
+            torch.tensor([0, 4, 1]),
+            r"class indices in \[0, 4\) or ignore_index=-100, but got the value 4",
+        ),
+        (torch.tensor([0, -1, 1]), r"but got the value -1"),
+    ],
+)
+def test_bad_targets(target: torch.Tensor, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        fair_loss(LOGITS, target)
+
+
+def test_ignore_index_outside_the_class_range_is_allowed() -> None:
+    loss = fair_loss(LOGITS, torch.tensor([0, 255, 1]), ignore_index=255)
+    assert torch.isfinite(loss)
+
+
+def test_bad_input_and_weight() -> None:
+    with pytest.raises(TypeError, match=r"`input` to be a floating point tensor"):
+        fair_loss(torch.ones(3, 4, dtype=torch.long), TARGET)
+    with pytest.raises(ValueError, match=r"`input`.*but got a scalar"):
+        fair_loss(torch.tensor(1.0), torch.tensor(0))
+    with pytest.raises(TypeError, match=r"`input` to be a torch.Tensor"):
+        fair_loss([[0.0, 1.0]], TARGET)  # type: ignore[arg-type]
+    with pytest.raises(
+        ValueError, match=r"`weight` to be a tensor of shape \(4,\), but got shape \(3,\)"
+    ):
+        fair_loss(LOGITS, TARGET, torch.ones(3))
+    with pytest.raises(TypeError, match=r"`weight` to be a floating point tensor"):
+        fair_loss(LOGITS, TARGET, torch.ones(4, dtype=torch.long))

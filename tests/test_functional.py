@@ -1,0 +1,177 @@
+"""fair_loss against the float64 oracle, against F.cross_entropy, and on awkward shapes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+from torch.testing import assert_close
+
+from fairloss import fair_loss
+from tests.reference import fair_loss_reference, seed_penalty
+from tests.strategies import LossCase, loss_cases
+
+
+def _value_and_grad(loss_fn, case: LossCase, dtype: torch.dtype, upstream_seed: int = 0):
+    logits = case.input.detach().to(dtype).requires_grad_()
+    target = case.target.to(dtype) if case.target.is_floating_point() else case.target
+    weight = None if case.weight is None else case.weight.to(dtype)
+    loss = loss_fn(logits, target, weight, **case.options)
+    generator = torch.Generator().manual_seed(upstream_seed)
+    upstream = torch.randn(loss.shape, generator=generator, dtype=torch.float64).to(loss.dtype)
+    (grad,) = torch.autograd.grad((loss * upstream).sum(), logits, allow_unused=True)
+    return loss.detach(), torch.zeros_like(logits) if grad is None else grad
+
+
+@given(loss_cases(dtype=torch.float64), st.integers(0, 1000))
+def test_matches_reference_in_float64(case: LossCase, upstream_seed: int) -> None:
+    value, grad = _value_and_grad(fair_loss, case, torch.float64, upstream_seed)
+    expected_value, expected_grad = _value_and_grad(
+        fair_loss_reference, case, torch.float64, upstream_seed
+    )
+    assert_close(value, expected_value, rtol=1e-9, atol=1e-9, equal_nan=True)
+    assert_close(grad, expected_grad, rtol=1e-7, atol=1e-9, equal_nan=True)
+
+
+@given(loss_cases(dtype=torch.float32, max_scaling_factor=20.0))
+def test_matches_reference_in_float32(case: LossCase) -> None:
+    value, grad = _value_and_grad(fair_loss, case, torch.float32)
+    expected_value, expected_grad = _value_and_grad(fair_loss_reference, case, torch.float64)
+    assert value.dtype == torch.float32
+    assert_close(value, expected_value.float(), rtol=2e-5, atol=2e-5, equal_nan=True)
+    assert_close(grad, expected_grad.float(), rtol=1e-4, atol=2e-5, equal_nan=True)
+
+
+@given(loss_cases(dtype=torch.float32))
+def test_value_matches_reference_in_float32_at_any_steepness(case: LossCase) -> None:
+    # With s = 1000 the penalty amplifies float32 rounding of the gap by about s/2 * |z|,
+    # so the tolerance grows with it (gradients are checked exactly in float64 above).
+    value = fair_loss(case.input, case.target, case.weight, **case.options)
+    expected = fair_loss_reference(case.input, case.target, case.weight, **case.options)
+    lam = case.options["penalty_scale"]
+    lam = 1.0 / case.num_classes if lam is None else lam
+    weight_max = 1.0 if case.weight is None else float(case.weight.max())
+    logit_max = float(case.input.abs().max()) if case.input.numel() else 0.0
+    slack = weight_max * lam * case.options["scaling_factor"] * 4e-7 * (1 + logit_max)
+    if case.options["reduction"] == "sum":
+        slack *= max(1, case.input.numel() // case.num_classes)
+    assert_close(value.double(), expected, rtol=2e-5, atol=2e-5 + slack, equal_nan=True)
+
+
+@given(loss_cases(dtype=torch.float64), st.sampled_from(["scaling_factor", "penalty_scale"]))
+def test_penalty_off_equals_cross_entropy(case: LossCase, switch: str) -> None:
+    """``scaling_factor=0`` or ``penalty_scale=0`` is F.cross_entropy, value and gradient."""
+    case.options[switch] = 0.0
+
+    def cross_entropy(
+        input, target, weight, *, reduction, ignore_index=-100, label_smoothing=0.0, **_
+    ):
+        return F.cross_entropy(
+            input,
+            target,
+            weight,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            label_smoothing=label_smoothing,
+        )
+
+    for dtype, tolerance in ((torch.float64, 1e-10), (torch.float32, 2e-6)):
+        value, grad = _value_and_grad(fair_loss, case, dtype)
+        expected_value, expected_grad = _value_and_grad(cross_entropy, case, dtype)
+        assert value.dtype == expected_value.dtype and value.shape == expected_value.shape
+        assert_close(value, expected_value, rtol=tolerance, atol=tolerance, equal_nan=True)
+        assert_close(grad, expected_grad, rtol=tolerance, atol=tolerance, equal_nan=True)
+
+
+def test_seed_worked_example() -> None:
+    logits = torch.tensor([[0.34, 0.33, 0.33], [0.49, 0.51, 0.00]])
+    target = torch.tensor([0, 0])
+    loss = fair_loss(logits, target, reduction="none")
+    ce = F.cross_entropy(logits, target, reduction="none")
+    assert_close(loss, torch.tensor([1.0920, 1.3014]), rtol=0, atol=5e-5)
+    # sample 2 is wrong (class 1 wins) and must now lose to the correct sample 1
+    assert ce[1] < ce[0] and loss[1] > loss[0]
+    # penalty of the wrong sample: the 0.1.1 formula (2 sigmoid(-s gap) - 1) / C
+    gap = 0.49 - torch.logsumexp(1000 * logits[1].double(), 0).item() / 1000
+    assert_close((loss - ce)[1].item(), seed_penalty(gap, 3), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_kdim_equals_flattened_rows(reduction: str) -> None:
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 5, 3, 4, generator=generator)
+    target = torch.randint(0, 5, (2, 3, 4), generator=generator)
+    target[0, 1, 2] = -100
+    loss = fair_loss(logits, target, reduction=reduction, smooth_max_beta=5.0, scaling_factor=10.0)
+    rows = fair_loss(
+        logits.movedim(1, -1).reshape(-1, 5),
+        target.reshape(-1),
+        reduction=reduction,
+        smooth_max_beta=5.0,
+        scaling_factor=10.0,
+    )
+    assert_close(loss, rows.reshape(loss.shape))
+
+
+def test_unbatched_input_equals_batch_of_one() -> None:
+    logits = torch.tensor([0.2, 1.5, 1.49, -3.0])
+    for target in (torch.tensor(2), torch.softmax(torch.tensor([0.0, 1.0, 2.0, 0.5]), 0)):
+        single = fair_loss(logits, target, reduction="none")
+        batch = fair_loss(logits[None], target[None], reduction="none")
+        assert single.shape == ()
+        assert_close(single, batch[0])
+
+
+def test_probability_target_reference_class_is_first_argmax() -> None:
+    logits = torch.tensor([[2.0, 0.0, 2.0]])
+    tied = torch.tensor([[0.4, 0.2, 0.4]])  # argmax ties between 0 and 2 -> class 0, a winner
+    loss = fair_loss(logits, tied, scaling_factor=1000.0, smooth_max_beta=1000.0, reduction="none")
+    ce = F.cross_entropy(logits, tied, reduction="none")
+    # SmoothMax(z) = 2 + log(2)/1000 is above z[0] = 2, so the penalty is that of a tie:
+    expected = math.tanh(1000 * math.log(2) / 1000 / 2) / 3
+    assert_close((loss - ce).item(), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_empty_batch_follows_cross_entropy() -> None:
+    logits = torch.zeros(0, 4, requires_grad=True)
+    target = torch.zeros(0, dtype=torch.long)
+    assert fair_loss(logits, target, reduction="none").shape == (0,)
+    assert fair_loss(logits, target, reduction="sum").item() == 0.0
+    assert math.isnan(fair_loss(logits, target).item())
+    assert math.isnan(F.cross_entropy(logits, target).item())
+    fair_loss(logits, target, reduction="sum").backward()
+    assert logits.grad is not None and logits.grad.shape == (0, 4)
+
+
+def test_ignored_elements_cost_nothing_and_get_no_gradient() -> None:
+    logits = torch.randn(6, 4, requires_grad=True)
+    target = torch.tensor([0, 3, -100, 1, -100, 2])
+    weight = torch.tensor([1.0, 2.0, 0.5, 3.0])
+    loss = fair_loss(logits, target, weight, reduction="none", label_smoothing=0.2)
+    assert torch.all(loss[target == -100] == 0)
+    loss.sum().backward()
+    assert logits.grad is not None
+    assert torch.all(logits.grad[target == -100] == 0)
+    mean = fair_loss(logits, target, weight, label_smoothing=0.2)
+    assert_close(mean, loss.sum() / weight[target[target != -100]].sum())
+
+
+def test_integer_targets_of_any_width_are_accepted() -> None:
+    logits = torch.randn(3, 4)
+    target = torch.tensor([0, 3, 1])
+    expected = fair_loss(logits, target)
+    for dtype in (torch.int32, torch.int16, torch.uint8):
+        assert_close(fair_loss(logits, target.to(dtype)), expected)
+
+
+def test_class_weight_scales_the_penalty() -> None:
+    logits = torch.tensor([[0.0, 1.0, 0.0]])  # wrong: penalty ~ lambda
+    target = torch.tensor([0])
+    weight = torch.tensor([3.0, 1.0, 1.0])
+    weighted = fair_loss(logits, target, weight, reduction="sum")
+    ce = F.cross_entropy(logits, target, weight, reduction="sum")
+    assert_close(weighted - ce, torch.tensor(3.0 / 3), rtol=1e-6, atol=1e-6)
