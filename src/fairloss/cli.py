@@ -1,0 +1,254 @@
+"""The ``fairloss`` command line. Its one command, ``fairloss compare``, trains a small model per
+(loss, training-label noise rate, seed) and compares accuracy and calibration on a test split.
+
+Run ``fairloss compare --help`` for the options. The defaults are ``make demo``'s run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+import fairloss
+from fairloss._validation import expected
+from fairloss.experiment.datasets import DATASET_NAMES, DEMO_EXTRA_HINT, MissingDependencyError
+from fairloss.experiment.losses import LOSSES
+from fairloss.experiment.model import HIDDEN_SIZES
+
+__all__ = ["build_parser", "main"]
+
+DEFAULT_LOSSES = ("ce", "fairloss", "fairloss-pll", "ce-label-smoothing")
+DEFAULT_NOISE = (0.0, 0.3)
+DEFAULT_SEEDS = (0, 1, 2)
+DEFAULT_EPOCHS = 100
+DEFAULT_BATCH_SIZE = 128
+DEFAULT_LEARNING_RATE = 1e-3
+DEMO_PACKAGES = ("torchmetrics", "sklearn", "matplotlib", "tqdm")
+"""Import names of the ``demo`` extra's packages."""
+OUTPUT_FILES = ("table.txt", "runs.csv", "runs.json", "reliability.png", "training_curves.png")
+
+
+def _noise_rate(text: str) -> float:
+    try:
+        rate = float(text)
+    except ValueError:
+        rate = float("nan")
+    if not 0.0 <= rate <= 1.0:
+        raise argparse.ArgumentTypeError(expected("noise", "a number in [0, 1]", repr(text)))
+    return rate
+
+
+def _integer_at_least(minimum: int, name: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(
+                expected(name, f"an integer of at least {minimum}", repr(text))
+            )
+        return value
+
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(expected("lr", "a number larger than 0", repr(text)))
+    return value
+
+
+def _device(text: str) -> torch.device:
+    try:
+        return torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(
+            expected("device", "a torch device such as 'cpu', 'cuda' or 'cuda:1'", repr(text))
+        ) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``fairloss`` command."""
+    parser = argparse.ArgumentParser(
+        prog="fairloss", description="pytorch-fairloss command line tools."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {fairloss.__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="command", required=True)
+    compare = commands.add_parser(
+        "compare",
+        help="train a small model per loss, noise rate and seed; compare accuracy and calibration",
+        description=(
+            "Train a small MLP per (loss, training-label noise rate, seed) on a stratified "
+            "train/validation/test split, and print the test accuracy, NLL, ECE, Brier score, "
+            "PBS and PLL (mean ± std over seeds), with the test accuracy of the checkpoints "
+            "that the best validation NLL, PLL and PBS pick. Symmetric noise flips exactly "
+            "round(rate * n_train) training labels, each to a uniformly chosen other class; "
+            "validation and test labels stay clean. Writes table.txt, runs.csv, runs.json, "
+            "reliability.png and training_curves.png into --out."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    compare.add_argument(
+        "--dataset",
+        choices=DATASET_NAMES,
+        default="digits",
+        help="digits, wine and breast-cancer ship with scikit-learn; mnist, fashion-mnist and "
+        "cifar10 need torchvision and are downloaded into --data-dir",
+    )
+    compare.add_argument(
+        "--losses",
+        nargs="+",
+        choices=tuple(LOSSES),
+        default=list(DEFAULT_LOSSES),
+        metavar="LOSS",
+        help="losses to compare: "
+        + "; ".join(f"{name}: {spec.description}" for name, spec in LOSSES.items()),
+    )
+    compare.add_argument(
+        "--noise",
+        nargs="+",
+        type=_noise_rate,
+        default=list(DEFAULT_NOISE),
+        metavar="RATE",
+        help="symmetric label-noise rates for the training labels, each in [0, 1]",
+    )
+    compare.add_argument(
+        "--seeds",
+        nargs="+",
+        type=_integer_at_least(0, "seeds"),
+        default=list(DEFAULT_SEEDS),
+        metavar="SEED",
+        help="one run per seed; a seed fixes the split, the noise, the initial weights and the "
+        "batch order",
+    )
+    compare.add_argument("--epochs", type=_integer_at_least(1, "epochs"), default=DEFAULT_EPOCHS)
+    compare.add_argument(
+        "--batch-size", type=_integer_at_least(1, "batch-size"), default=DEFAULT_BATCH_SIZE
+    )
+    compare.add_argument(
+        "--lr", type=_positive_float, default=DEFAULT_LEARNING_RATE, help="Adam's learning rate"
+    )
+    compare.add_argument("--device", type=_device, default="cpu", help="torch device to train on")
+    compare.add_argument(
+        "--threads",
+        type=_integer_at_least(1, "threads"),
+        default=1,
+        help="torch CPU threads (torch.set_num_threads); the small default model trains "
+        "fastest on one",
+    )
+    compare.add_argument(
+        "--out", type=Path, default=Path("results"), help="folder for the table, CSV, JSON, plots"
+    )
+    compare.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("data"),
+        help="where torchvision datasets are downloaded to and read from",
+    )
+    compare.add_argument("--quiet", action="store_true", help="no progress bar, no file list")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the ``fairloss`` command line with ``argv`` (``sys.argv[1:]`` when ``None``).
+
+    Returns:
+        int: the exit status: 0 on success, 1 when an optional dependency is missing.
+        Argument errors exit with status 2 (argparse's ``SystemExit``).
+    """
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    device: torch.device = args.device
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as error:  # torch asserts on a CPU-only build
+        parser.error(expected("device", "a device this machine has", f"{str(device)!r} ({error})"))
+    try:
+        return _compare(args, command=" ".join(["fairloss", *argv]))
+    except MissingDependencyError as error:
+        print(f"fairloss compare: error: {error}", file=sys.stderr)
+        return 1
+
+
+def _import_experiment() -> Any:
+    """Import the experiment's modules, which need the ``demo`` extra's packages."""
+    try:
+        from fairloss.experiment import datasets, plotting, reporting, runner, training
+    except ModuleNotFoundError as error:
+        package = (error.name or "").split(".")[0]
+        if package not in DEMO_PACKAGES:
+            raise
+        raise MissingDependencyError(
+            f"fairloss compare needs {package}, which is not installed. "
+            f"Install it with: {DEMO_EXTRA_HINT}"
+        ) from error
+    return datasets, plotting, reporting, runner, training
+
+
+def _compare(args: argparse.Namespace, command: str) -> int:
+    datasets, plotting, reporting, runner, training = _import_experiment()
+    start = time.perf_counter()
+    torch.set_num_threads(args.threads)
+    losses = list(dict.fromkeys(args.losses))
+    noise_rates = list(dict.fromkeys(args.noise))
+    seeds = list(dict.fromkeys(args.seeds))
+    config = training.TrainingConfig(
+        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, device=args.device
+    )
+    dataset = datasets.load_dataset(args.dataset, args.data_dir)
+    results = runner.run_grid(dataset, losses, noise_rates, seeds, config, progress=not args.quiet)
+
+    sizes = results[0].split_sizes
+    epochs = f"{args.epochs} epoch" + ("s" if args.epochs != 1 else "")
+    model = "MLP " + "-".join(map(str, HIDDEN_SIZES))
+    title = (
+        f"fairloss compare on {dataset.name}: train/validation/test {sizes['train']}/"
+        f"{sizes['validation']}/{sizes['test']}, {dataset.num_classes} classes; {model}, "
+        f"Adam lr {args.lr:g}, batch {args.batch_size}, {epochs}.\n"
+        f"Test scores after the last epoch, mean ± std over seeds {' '.join(map(str, seeds))}; "
+        "label noise on the training split only."
+    )
+    table = reporting.format_table(reporting.summarize(results), title)
+    print(table)
+
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    run_config = {
+        "command": command,
+        "dataset": dataset.name,
+        "num_classes": dataset.num_classes,
+        "losses": losses,
+        "noise": noise_rates,
+        "seeds": seeds,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "learning_rate": args.lr,
+        "optimizer": "Adam",
+        "model": f"MLP, hidden sizes {HIDDEN_SIZES}, ReLU",
+        "device": str(args.device),
+        "threads": args.threads,
+        "fairloss_version": fairloss.__version__,
+        "torch_version": torch.__version__,
+        "seconds_to_train_and_score": time.perf_counter() - start,
+    }
+    (out / "table.txt").write_text(table + "\n")
+    reporting.write_runs_csv(results, out / "runs.csv")
+    reporting.write_runs_json(results, run_config, out / "runs.json")
+    plotting.plot_reliability(results, out / "reliability.png")
+    plotting.plot_training_curves(results, out / "training_curves.png")
+    if not args.quiet:
+        files = ", ".join(OUTPUT_FILES)
+        print(f"Wrote {files} to {out}/ in {time.perf_counter() - start:.1f} s.", file=sys.stderr)
+    return 0
