@@ -1,0 +1,128 @@
+"""``make bench``: time and peak memory of FairLoss against cross-entropy, written to ``docs/``.
+
+Usage::
+
+    python -m benchmarks.run                       # the full grid, 2 threads, about 10 minutes
+    python -m benchmarks.run --quick --no-compile  # a tiny grid in seconds (the smoke test)
+
+It writes ``benchmarks.md``, ``benchmarks.csv`` and ``benchmark_ratio.png`` to ``--out-dir``
+(``docs/`` by default), then runs ``benchmarks.linear`` when that module exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import os
+import shlex
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Optional
+
+from benchmarks import report
+from benchmarks.cases import default_grid, quick_grid
+from benchmarks.old_release import find_old_release
+from benchmarks.suite import Settings, describe_environment, run_suite
+
+__all__ = ["main", "parse_args"]
+
+REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
+QUICK_MIN_RUN_TIME = 0.05
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run",
+        description="Benchmark fairloss.fair_loss against F.cross_entropy (and fairloss 0.1.1).",
+    )
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
+    parser.add_argument("--quick", action="store_true", help="a tiny grid, for the smoke test")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile losses")
+    parser.add_argument(
+        "--out-dir", type=Path, default=REPOSITORY_ROOT / "docs", help="default: docs/"
+    )
+    parser.add_argument("--markdown", type=Path, help="default: <out-dir>/benchmarks.md")
+    parser.add_argument("--csv", type=Path, help="default: <out-dir>/benchmarks.csv")
+    parser.add_argument("--plot", type=Path, help="default: <out-dir>/benchmark_ratio.png")
+    parser.add_argument(
+        "--old-path",
+        help="pytorch-fairloss 0.1.1: its wheel, a folder holding it, or its unpacked package "
+        "folder (default: $FAIRLOSS_OLD_PATH, else .venv/old-release, where `make setup` puts "
+        "the wheel, else /tmp/oldfl/x/fairloss)",
+    )
+    parser.add_argument("--no-old", action="store_true", help="do not measure 0.1.1")
+    parser.add_argument(
+        "--min-run-time",
+        type=float,
+        help="seconds per Timer.blocked_autorange (default: 1.0, or 0.05 with --quick)",
+    )
+    parser.add_argument("--no-linear", action="store_true", help="skip benchmarks.linear")
+    args = parser.parse_args(argv)
+    if args.threads < 1:
+        parser.error(f"Expected argument `--threads` to be at least 1, but got {args.threads}.")
+    if args.min_run_time is None:
+        args.min_run_time = QUICK_MIN_RUN_TIME if args.quick else 1.0
+    if args.min_run_time <= 0:
+        parser.error(
+            f"Expected argument `--min-run-time` to be positive, but got {args.min_run_time}."
+        )
+    args.markdown = args.markdown or args.out_dir / "benchmarks.md"
+    args.csv = args.csv or args.out_dir / "benchmarks.csv"
+    args.plot = args.plot or args.out_dir / "benchmark_ratio.png"
+    return args
+
+
+def _linear_section(args: argparse.Namespace) -> tuple[Optional[str], bool]:
+    """Run ``benchmarks.linear.main`` if it exists: (its Markdown section, whether it crashed)."""
+    if args.no_linear or importlib.util.find_spec("benchmarks.linear") is None:
+        return None, False
+    linear_argv = ["--threads", str(args.threads), "--out-dir", str(args.out_dir)]
+    linear_argv += ["--min-run-time", f"{args.min_run_time:g}"]
+    linear_argv += ["--quick"] * args.quick + ["--no-compile"] * args.no_compile
+    try:
+        linear = importlib.import_module("benchmarks.linear")
+        section = linear.main(linear_argv)
+    except Exception:  # its failure must not lose the results above
+        traceback.print_exc()
+        return "## Linear loss\n\nbenchmarks.linear failed; see the `make bench` output.\n", True
+    return (section if isinstance(section, str) else None), False
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    old_path = None if args.no_old else find_old_release(args.old_path)
+    if old_path is None and not args.no_old:
+        print("[bench] pytorch-fairloss 0.1.1 not found: its rows are skipped", file=sys.stderr)
+    settings = Settings(
+        threads=args.threads,
+        min_run_time=args.min_run_time,
+        compile=not args.no_compile,
+        old_path=old_path,
+    )
+    command = shlex.join(
+        ["python", "-m", "benchmarks.run", *(sys.argv[1:] if argv is None else argv)]
+    )
+    environment = describe_environment(settings, command)
+    results = run_suite(quick_grid() if args.quick else default_grid(), settings)
+
+    report.write_csv(results, args.csv)
+    plot = None
+    if report.write_plot(results, args.plot):
+        plot = Path(os.path.relpath(args.plot, args.markdown.parent)).as_posix()
+    markdown = report.render_markdown(results, environment, settings, plot)
+    section, crashed = _linear_section(args)
+    if section:
+        markdown = markdown.rstrip("\n") + "\n\n" + section.strip("\n") + "\n"
+    args.markdown.parent.mkdir(parents=True, exist_ok=True)
+    args.markdown.write_text(markdown, encoding="utf-8")
+    for path in (args.markdown, args.csv, args.plot if plot else None):
+        if path is not None:
+            print(f"[bench] wrote {path}", file=sys.stderr)
+    return 1 if crashed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
