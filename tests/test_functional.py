@@ -175,3 +175,29 @@ def test_class_weight_scales_the_penalty() -> None:
     weighted = fair_loss(logits, target, weight, reduction="sum")
     ce = F.cross_entropy(logits, target, weight, reduction="sum")
     assert_close(weighted - ce, torch.tensor(3.0 / 3), rtol=1e-6, atol=1e-6)
+
+
+@given(loss_cases(dtype=torch.float64))
+def test_composite_path_matches_fast_path(case: LossCase) -> None:
+    """The composite (run under torch.compile and for double backward) equals the fast path."""
+    from fairloss._autograd import FairLossFunction
+    from fairloss._rows import fair_loss_rows_composite
+    from fairloss.functional import _as_rows, _resolve_options
+
+    options = {k: v for k, v in case.options.items() if k != "reduction"}
+    resolved = _resolve_options(
+        case.input,
+        case.target,
+        case.weight,
+        **{"ignore_index": -100, "label_smoothing": 0.0, "penalty_scale": None, **options},
+    )
+    rows, target_rows, _ = _as_rows(case.input, case.target, resolved.probability_target)
+    fast_rows = rows.detach().clone().requires_grad_()
+    composite_rows = rows.detach().clone().requires_grad_()
+    fast = FairLossFunction.apply(fast_rows, target_rows, case.weight, resolved)
+    composite = fair_loss_rows_composite(composite_rows, target_rows, case.weight, resolved)
+    assert_close(fast, composite, rtol=1e-9, atol=1e-9, equal_nan=True)
+    if fast.numel():
+        fast.sum().backward()
+        composite.sum().backward()
+        assert_close(fast_rows.grad, composite_rows.grad, rtol=1e-7, atol=1e-9, equal_nan=True)

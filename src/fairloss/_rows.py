@@ -86,28 +86,47 @@ def fair_loss_rows_composite(
     ``SmoothMax(z) = logsumexp(beta * z) / beta``, written as
     ``max + log(sum exp(beta * (z - max))) / beta``
     so that the negative gap ``(max - z[r]) + log(...) / beta`` is a sum of two non-negative terms.
+    Cross-entropy is spelled out from the same row maximum as the SmoothMax, so a compiler fuses
+    both into one pass over each row.
     """
     logits = logits.to(compute_dtype(logits.dtype))
-    ce_weight = None if weight is None else weight.to(logits.dtype)
-    ce = F.cross_entropy(
-        logits,
-        target,
-        ce_weight,
-        ignore_index=options.ignore_index,
-        reduction="none",
-        label_smoothing=options.label_smoothing,
-    )
+    row_max = logits.detach().amax(dim=1, keepdim=True)
+    shifted = logits - row_max
+    log_probs = shifted - shifted.exp().sum(dim=1, keepdim=True).log()
+    ce = _cross_entropy_from_log_probs(log_probs, target, weight, options)
+
     reference, valid = reference_class(target, options)
-    row_max = logits.detach().amax(dim=1)
     beta = options.smooth_max_beta
-    scaled = (beta * (logits - row_max.unsqueeze(1))).clamp_min(_exp_floor(logits.dtype))
-    log_sum = torch.logsumexp(scaled, dim=1)
-    reference_logit = logits.gather(1, reference.unsqueeze(1)).squeeze(1)
-    negative_gap = (row_max - reference_logit) + log_sum / beta
+    scaled = (beta * shifted).clamp_min(_exp_floor(logits.dtype))
+    log_sum = scaled.exp().sum(dim=1).log()  # max(scaled) = 0: no second max pass
+    shifted_reference = shifted.gather(1, reference.unsqueeze(1)).squeeze(1)
+    negative_gap = log_sum / beta - shifted_reference
     penalty = options.penalty_scale * torch.tanh(options.scaling_factor * negative_gap / 2)
     class_weight = penalty_weight(weight, reference, valid).to(logits.dtype)
     # `where`, not a product: an all-ignored "mean" divides by 0 and inf * 0 would leak NaN.
     return ce + torch.where(valid, class_weight * penalty, 0.0)
+
+
+def _cross_entropy_from_log_probs(
+    log_probs: Tensor, target: Tensor, weight: Optional[Tensor], options: FairLossOptions
+) -> Tensor:
+    """``F.cross_entropy(..., reduction="none")`` given the log-probabilities, every option."""
+    num_classes = log_probs.shape[1]
+    eps = options.label_smoothing
+    class_weight = None if weight is None else weight.to(log_probs.dtype)
+    if options.probability_target:
+        smoothed = target.to(log_probs.dtype) * (1 - eps) + eps / num_classes
+        weighted = smoothed if class_weight is None else smoothed * class_weight
+        return -(log_probs * weighted).sum(dim=1)
+    ce = F.nll_loss(
+        log_probs, target, class_weight, ignore_index=options.ignore_index, reduction="none"
+    )
+    if eps == 0.0:
+        return ce
+    weighted_log_probs = log_probs if class_weight is None else log_probs * class_weight
+    uniform = -weighted_log_probs.sum(dim=1) / num_classes
+    valid = target != options.ignore_index
+    return (1 - eps) * ce + eps * torch.where(valid, uniform, 0.0)
 
 
 class RowStatistics(NamedTuple):
@@ -159,7 +178,7 @@ def fair_loss_rows_forward(
     unsaturated = valid & (scale * max_gap / 2 <= _saturation_threshold(logits.dtype))
     active = _drop_clear_winners(logits, row_max, unsaturated & (max_gap == 0), unsaturated, beta)
 
-    penalty = torch.where(max_gap > 0, lam, 0.0).to(ce.dtype)
+    penalty = (max_gap > 0).to(ce.dtype) * lam  # saturated rows: tanh = 1; winners: 0
     log_sum = _log_sum_exp_beta(logits.index_select(0, active), row_max[active], beta)
     negative_gap = max_gap[active] + log_sum / beta
     half_scaled_gap = scale * negative_gap / 2

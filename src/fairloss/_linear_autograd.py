@@ -1,0 +1,243 @@
+"""The autograd Function behind :func:`fairloss.linear_fair_loss`: a linear head plus FairLoss in
+row chunks, so that no ``(rows, classes)`` tensor larger than one chunk ever exists.
+
+Each chunk computes its logits ``x @ W.T + b`` in the compute dtype, runs the row math of
+:mod:`fairloss._rows` on them and turns the logits' gradient into the gradients of ``x``, ``W``
+and ``b`` before the next chunk starts. Rows whose target is ``ignore_index`` are dropped
+before the matrix product. For a summed loss the gradients are computed during forward (the
+loss is linear in its upstream gradient, a scalar) and backward only scales them; for per-row
+losses (and a second backward) forward's O(rows) statistics are kept and the logits recomputed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Optional
+
+import torch
+from torch import Tensor
+
+from fairloss._rows import (
+    FairLossOptions,
+    RowStatistics,
+    compute_dtype,
+    fair_loss_rows_backward,
+    fair_loss_rows_forward,
+)
+
+
+@dataclass(frozen=True)
+class LinearFairLossSettings:
+    """The non-tensor arguments of one chunked call.
+
+    ``summed`` selects the output: the sum of the row losses (a scalar) when True, the ``(M,)``
+    row losses (0 on ignored rows) when False. ``chunk_size`` is the number of kept rows per chunk.
+    ``grad_enabled`` is the caller's grad mode (forward runs without it, and ``needs_input_grad``
+    does not see ``torch.no_grad()``): without it no gradient is precomputed.
+    """
+
+    options: FairLossOptions
+    summed: bool
+    chunk_size: int
+    grad_enabled: bool
+
+
+class _Chunk(NamedTuple):
+    """One chunk of kept rows: where they sit in the ``(M, H)`` input, and their data."""
+
+    positions: slice
+    input_rows: Optional[Tensor]  # row indices into the input, or None when no row is dropped
+    hidden: Tensor  # (rows, H) in the compute dtype
+    target: Tensor  # (rows,)
+
+
+class _Head:
+    """The linear head in the compute dtype, and the row selection shared by all chunks."""
+
+    def __init__(
+        self,
+        input: Tensor,
+        linear_weight: Tensor,
+        linear_bias: Optional[Tensor],
+        target: Tensor,
+        ignore_index: int,
+    ) -> None:
+        self.dtype = compute_dtype(input.dtype)
+        self.input = input
+        # A bfloat16/float16 weight is cast once, so the products accumulate in float32.
+        self.weight = linear_weight.to(self.dtype)
+        self.bias = None if linear_bias is None else linear_bias.to(self.dtype)
+        kept = target != ignore_index
+        self.kept_rows: Optional[Tensor] = None
+        self.target = target
+        if not bool(kept.all()):
+            self.kept_rows = torch.nonzero(kept).squeeze(1)
+            self.target = target.index_select(0, self.kept_rows)
+        self.num_kept = self.target.shape[0]
+        self._logits_buffer: Optional[Tensor] = None
+
+    def chunks(self, chunk_size: int) -> Iterator[_Chunk]:
+        for start in range(0, self.num_kept, chunk_size):
+            positions = slice(start, min(start + chunk_size, self.num_kept))
+            target = self.target[positions]
+            if self.kept_rows is None:
+                input_rows = None
+                hidden = self.input[positions]
+            else:
+                input_rows = self.kept_rows[positions]
+                hidden = self.input.index_select(0, input_rows)
+            yield _Chunk(positions, input_rows, hidden.to(self.dtype), target)
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        """``hidden @ W.T + b``, written into one buffer reused by every chunk.
+
+        Reusing it spares the allocator a fresh chunk-sized block (and its page faults) per chunk.
+        """
+        rows = hidden.shape[0]
+        if self._logits_buffer is None or self._logits_buffer.shape[0] < rows:
+            self._logits_buffer = hidden.new_empty((rows, self.weight.shape[0]))
+        logits = self._logits_buffer[:rows]
+        if self.bias is None:
+            return torch.mm(hidden, self.weight.T, out=logits)
+        return torch.addmm(self.bias, hidden, self.weight.T, out=logits)
+
+
+class _Gradients:
+    """Accumulators for the gradients of ``input``, ``linear_weight`` and ``linear_bias``.
+
+    They are kept in the compute dtype (the input's gradient in the input's dtype) and cast to
+    the input's dtype, which the weight and bias share, when handed out.
+    """
+
+    def __init__(self, head: _Head, needs_input: bool, needs_weight: bool, needs_bias: bool):
+        input = head.input
+        self.dtype = input.dtype
+        self.has_rows = head.num_kept > 0
+        self.input: Optional[Tensor] = None
+        if needs_input:
+            self.input = (torch.empty_like if head.kept_rows is None else torch.zeros_like)(input)
+        self.weight = torch.zeros_like(head.weight) if needs_weight else None
+        self.bias = None
+        if needs_bias and head.bias is not None:
+            self.bias = torch.zeros_like(head.bias)
+
+    def add_chunk(self, head: _Head, chunk: _Chunk, grad_logits: Tensor) -> None:
+        """Fold one chunk's logits gradient into the input, weight and bias gradients."""
+        if self.input is not None:
+            if chunk.input_rows is None and self.input.dtype == grad_logits.dtype:
+                torch.mm(grad_logits, head.weight, out=self.input[chunk.positions])
+            elif chunk.input_rows is None:
+                self.input[chunk.positions] = grad_logits @ head.weight
+            else:
+                grad_hidden = (grad_logits @ head.weight).to(self.dtype)
+                self.input.index_copy_(0, chunk.input_rows, grad_hidden)
+        if self.weight is not None:
+            self.weight.addmm_(grad_logits.T, chunk.hidden)
+        if self.bias is not None:
+            self.bias.add_(grad_logits.sum(dim=0))
+
+    def scaled_(self, scale: Optional[Tensor]) -> tuple[Optional[Tensor], ...]:
+        """The three gradients, multiplied in place by ``scale``, in the input's dtype.
+
+        Without kept rows they stay 0: an all-ignored ``"mean"`` scales by ``1 / 0``.
+        """
+        results = []
+        for grad in (self.input, self.weight, self.bias):
+            if grad is not None and scale is not None and self.has_rows:
+                grad.mul_(scale.to(grad.dtype))
+            results.append(None if grad is None else grad.to(self.dtype))
+        return tuple(results)
+
+
+class LinearFairLossFunction(torch.autograd.Function):
+    """Summed or per-row FairLoss of ``input @ linear_weight.T + linear_bias`` against ``target``.
+
+    Inputs: ``input`` ``(M, H)``, ``linear_weight`` ``(V, H)`` of the same dtype,
+    ``linear_bias`` ``(V,)`` or None, class indices ``target`` ``(M,)``, class weights ``(V,)``
+    or None, and :class:`LinearFairLossSettings`. The output is in the compute dtype (float64 for
+    float64 input, float32 otherwise).
+
+    Forward keeps each chunk's O(rows) statistics. With a summed output it also computes the
+    gradients, which the first backward scales in place and hands out (so that they become the
+    leaves' ``.grad`` without a copy); a further backward through the same graph
+    (``retain_graph=True``, ``gradcheck``) and every backward of per-row losses recompute each
+    chunk's logits instead. There is no double backward: ``create_graph=True`` raises.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        input: Tensor,
+        linear_weight: Tensor,
+        linear_bias: Optional[Tensor],
+        target: Tensor,
+        weight: Optional[Tensor],
+        settings: LinearFairLossSettings,
+    ) -> Tensor:
+        options = settings.options
+        head = _Head(input, linear_weight, linear_bias, target, options.ignore_index)
+        needs_input, needs_weight, needs_bias = ctx.needs_input_grad[:3]
+        gradients = None
+        needs_any = needs_input or needs_weight or needs_bias
+        if settings.summed and settings.grad_enabled and needs_any:
+            gradients = _Gradients(head, needs_input, needs_weight, needs_bias)
+        row_losses = input.new_zeros(head.num_kept, dtype=head.dtype)
+        chunk_statistics = []
+        for chunk in head.chunks(settings.chunk_size):
+            logits = head.logits(chunk.hidden)
+            loss, statistics = fair_loss_rows_forward(logits, chunk.target, weight, options)
+            row_losses[chunk.positions] = loss
+            chunk_statistics.append(statistics)
+            if gradients is not None:
+                ones = torch.ones_like(loss)
+                grad_logits = fair_loss_rows_backward(
+                    logits, chunk.target, weight, options, statistics, ones
+                )
+                gradients.add_chunk(head, chunk, grad_logits)
+                del grad_logits  # before the next chunk's temporaries exist
+
+        ctx.settings = settings
+        ctx.gradients = gradients
+        ctx.chunk_statistics = chunk_statistics
+        ctx.save_for_backward(input, linear_weight, linear_bias, target, weight)
+        if settings.summed:
+            return row_losses.sum()
+        if head.kept_rows is None:
+            return row_losses
+        losses = input.new_zeros(input.shape[0], dtype=head.dtype)
+        return losses.index_copy_(0, head.kept_rows, row_losses)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Optional[Tensor], ...]:
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "linear_fair_loss has no double backward: its backward cannot be differentiated "
+                "(create_graph=True). Use fair_loss(F.linear(...)) where higher derivatives are "
+                "needed."
+            )
+        settings: LinearFairLossSettings = ctx.settings
+        precomputed: Optional[_Gradients] = ctx.gradients
+        if precomputed is not None:
+            ctx.gradients = None  # handed out, scaled in place: a second backward recomputes
+            return (*precomputed.scaled_(grad_output), None, None, None)
+
+        input, linear_weight, linear_bias, target, weight = ctx.saved_tensors
+        options = settings.options
+        head = _Head(input, linear_weight, linear_bias, target, options.ignore_index)
+        needs_input, needs_weight, needs_bias = ctx.needs_input_grad[:3]
+        gradients = _Gradients(head, needs_input, needs_weight, needs_bias)
+        grad_rows = grad_output.to(head.dtype)
+        if settings.summed:
+            grad_rows = grad_rows.expand(head.num_kept)
+        elif head.kept_rows is not None:
+            grad_rows = grad_rows.index_select(0, head.kept_rows)
+        statistics: RowStatistics
+        for chunk, statistics in zip(head.chunks(settings.chunk_size), ctx.chunk_statistics):
+            logits = head.logits(chunk.hidden)
+            grad_logits = fair_loss_rows_backward(
+                logits, chunk.target, weight, options, statistics, grad_rows[chunk.positions]
+            )
+            gradients.add_chunk(head, chunk, grad_logits)
+            del grad_logits
+        return (*gradients.scaled_(None), None, None, None)
