@@ -154,16 +154,11 @@ def fair_loss_rows_forward(
     dtype whatever SmoothMax is (SmoothMax >= max), so SmoothMax is computed only for the others.
     """
     logits = logits.to(compute_dtype(logits.dtype))
-    ce_weight = None if weight is None else weight.to(logits.dtype)
-    ce = F.cross_entropy(
-        logits,
-        target,
-        ce_weight,
-        ignore_index=options.ignore_index,
-        reduction="none",
-        label_smoothing=options.label_smoothing,
-    )
+    log_probs = torch.log_softmax(logits, dim=1)
+    ce = _cross_entropy_from_log_probs(log_probs, target, weight, options)
     reference, valid = reference_class(target, options)
+    reference_log_prob = log_probs.gather(1, reference.unsqueeze(1)).squeeze(1)
+    del log_probs
     class_weight = penalty_weight(weight, reference, valid).to(logits.dtype)
     scale, lam = options.scaling_factor, options.penalty_scale
     no_rows = logits.new_zeros(0)
@@ -176,7 +171,9 @@ def fair_loss_rows_forward(
     max_gap = row_max - reference_logit
     beta = options.smooth_max_beta
     unsaturated = valid & (scale * max_gap / 2 <= _saturation_threshold(logits.dtype))
-    active = _drop_clear_winners(logits, row_max, unsaturated & (max_gap == 0), unsaturated, beta)
+    active = _drop_clear_winners(
+        logits, row_max, reference_log_prob, unsaturated & (max_gap == 0), unsaturated, beta
+    )
 
     penalty = (max_gap > 0).to(ce.dtype) * lam  # saturated rows: tanh = 1; winners: 0
     log_sum = _log_sum_exp_beta(logits.index_select(0, active), row_max[active], beta)
@@ -192,29 +189,38 @@ def fair_loss_rows_forward(
 
 
 def _drop_clear_winners(
-    logits: Tensor, row_max: Tensor, winners: Tensor, unsaturated: Tensor, beta: float
+    logits: Tensor,
+    row_max: Tensor,
+    reference_log_prob: Tensor,
+    winners: Tensor,
+    unsaturated: Tensor,
+    beta: float,
 ) -> Tensor:
     """Indices of the rows that need SmoothMax: ``unsaturated`` minus the clear winners.
 
     A clear winner's reference logit is the maximum and every other logit lies more than
-    ``-floor / beta`` below it: each other term of ``sum exp(beta * (z - max))`` is below the
-    exp floor, so the gap is 0, the penalty 0 and its gradient 0 in the compute dtype.
+    ``margin = -floor / beta`` below it: each other term of ``sum exp(beta * (z - max))`` is below
+    the exp floor, so the gap is 0, the penalty 0 and its gradient 0 in the compute dtype.
+    A winner with softmax probability ``p_r > 1 / (1 + exp(-margin))`` is clear without looking
+    at its row (any runner-up has ``p_j <= 1 - p_r < p_r * exp(-margin)``); the other winners
+    are checked logit by logit.
     """
-    winner_rows = torch.nonzero(winners).squeeze(1)
+    margin = -_exp_floor(logits.dtype) / beta
+    confident = reference_log_prob > -math.log1p(math.exp(-margin)) + 1e-6
+    unsaturated = unsaturated & ~(winners & confident)
+    winner_rows = torch.nonzero(winners & ~confident).squeeze(1)
     if winner_rows.numel() > 0:
-        margin = -_exp_floor(logits.dtype) / beta
-        candidates = logits if winner_rows.numel() > logits.shape[0] // 2 else logits[winner_rows]
-        candidate_max = row_max if candidates is logits else row_max[winner_rows]
         # Sum of the logits' excess over (max - margin): the max alone contributes `margin`;
         # a runner-up within the margin adds more (a tolerance of 1e-3 * margin admits only
-        # runners-up whose exp term is still below the floor's order of magnitude).
-        threshold = (candidate_max - margin).unsqueeze(1)
-        excess = (candidates - threshold).clamp_min_(0).sum(dim=1)
-        if candidates is logits:
+        # runners-up whose exp term is still below the floor's order of magnitude). Most rows
+        # are read in place; a few are gathered first.
+        if winner_rows.numel() > logits.shape[0] // 4:
+            excess = (logits - (row_max - margin).unsqueeze(1)).clamp_min_(0).sum(dim=1)
             excess = excess[winner_rows]
-        clear = excess <= margin * (1 + 1e-3)
-        unsaturated = unsaturated.clone()
-        unsaturated[winner_rows[clear]] = False
+        else:
+            threshold = (row_max[winner_rows] - margin).unsqueeze(1)
+            excess = (logits[winner_rows] - threshold).clamp_min_(0).sum(dim=1)
+        unsaturated[winner_rows[excess <= margin * (1 + 1e-3)]] = False
     return torch.nonzero(unsaturated).squeeze(1)
 
 

@@ -21,9 +21,15 @@ def _reference_scores(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, fl
     # fairloss.metrics.log_loss floors q_y at the dtype's epsilon, as documented.
     log_loss = -true_probability.clamp_min(torch.finfo(probs.dtype).eps).log()
     brier = ((probs - torch.eye(num_classes, dtype=probs.dtype)[labels]) ** 2).sum(dim=1)
+    # torchmetrics bins float32 confidences into [b_i, b_i+1) over linspace(0, 1, 16), with
+    # exactly 1.0 in a bin of its own: follow that convention at the boundaries.
+    confidence32 = confidence.float()
+    boundaries = torch.linspace(0, 1, 16, dtype=torch.float32)
+    bin_of_row = torch.bucketize(confidence32, boundaries, right=True) - 1
+    confidence = confidence32.double()
     ece = 0.0
-    for bin_index in range(15):
-        in_bin = (confidence > bin_index / 15) & (confidence <= (bin_index + 1) / 15)
+    for bin_index in range(16):
+        in_bin = bin_of_row == bin_index
         if in_bin.any():
             gap = (correct[in_bin].mean() - confidence[in_bin].mean()).abs()
             ece += float(gap) * int(in_bin.sum()) / num_rows
