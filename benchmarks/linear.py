@@ -35,7 +35,6 @@ import gc
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -49,10 +48,11 @@ from torch import Tensor, nn
 from torch.utils import benchmark
 
 import fairloss
+from benchmarks.memory import MALLOC_MMAP_THRESHOLD, _peak_rss_bytes, _reset_peak_rss
 from fairloss.linear import default_chunk_size, linear_fair_loss
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
-MALLOC_MMAP_THRESHOLD = "65536"
+
 METHODS = (
     "fair_loss(F.linear)",
     "cross_entropy(F.linear)",
@@ -118,19 +118,6 @@ def chunk_rows(
     return None
 
 
-def _reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as clear_refs:
-            clear_refs.write("5")  # resets the peak RSS (VmHWM, ru_maxrss) to the current RSS
-    except OSError:
-        return False
-    return True
-
-
-def _peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kibibytes on Linux
-
-
 def _forward_backward(
     loss: Callable[[Tensor, Tensor, Tensor], Tensor], inputs: Sequence[Tensor]
 ) -> None:
@@ -153,10 +140,11 @@ def _warmed_up_inputs(job: dict[str, Any]) -> tuple[Callable[..., Tensor], list[
 def measure_memory(job: dict[str, Any]) -> dict[str, Any]:
     """In this fresh process: growth of the peak RSS over one forward+backward, in bytes."""
     loss, inputs = _warmed_up_inputs(job)
-    method = "peak reset" if _reset_peak_rss() else "ru_maxrss"
-    baseline = _peak_rss_bytes()
+    reset = _reset_peak_rss()
+    baseline, source = _peak_rss_bytes()
     _forward_backward(loss, inputs)
-    return {"peak_bytes": _peak_rss_bytes() - baseline, "peak_method": method}
+    peak, _ = _peak_rss_bytes()
+    return {"peak_bytes": peak - baseline, "peak_method": f"{source}{', reset' if reset else ''}"}
 
 
 def measure_time(job: dict[str, Any]) -> dict[str, Any]:
