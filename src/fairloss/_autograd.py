@@ -10,6 +10,7 @@ from torch import Tensor
 from fairloss._rows import (
     FairLossOptions,
     RowStatistics,
+    along_classes,
     fair_loss_rows_backward,
     fair_loss_rows_composite,
     fair_loss_rows_forward,
@@ -89,5 +90,5 @@ def _probability_target_grad(
     scale = -(1 - options.label_smoothing) * grad_loss.unsqueeze(1)
     grad = log_probs.mul_(scale)
     if weight is not None:
-        grad.mul_(weight.to(grad.dtype))
+        grad.mul_(along_classes(weight.to(grad.dtype), grad.dim()))
     return grad

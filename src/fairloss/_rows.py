@@ -1,4 +1,8 @@
-"""The FairLoss math on rows of logits: one row per element, classes along dimension 1.
+"""The FairLoss math on logits with classes along dimension 1: ``(R, C)`` rows, or ``(R, C, L)``.
+
+An *element* is one position outside the class dimension; per-element quantities have the
+logits' shape without dimension 1. Keeping the class dimension in place (rather than moving it
+last) lets ``(N, C, d1, ..., dk)`` inputs use PyTorch's strided softmax kernels without a copy.
 
 Two implementations of one formula live here:
 
@@ -50,6 +54,11 @@ def _saturation_threshold(dtype: torch.dtype) -> float:
     return 0.5 * math.log(4.0 / (finfo.tiny * finfo.eps))
 
 
+def along_classes(values: Tensor, ndim: int) -> Tensor:
+    """A ``(C,)`` vector shaped to broadcast along dimension 1 of an ``ndim``-dimensional tensor."""
+    return values.view(1, -1, *([1] * (ndim - 2)))
+
+
 def reference_class(target: Tensor, options: FairLossOptions) -> tuple[Tensor, Tensor]:
     """The class each row's penalty compares against, and which rows count.
 
@@ -72,7 +81,7 @@ def penalty_weight(weight: Optional[Tensor], reference: Tensor, valid: Tensor) -
 
 
 def _log_sum_exp_beta(logits: Tensor, row_max: Tensor, beta: float) -> Tensor:
-    """``log(sum_j exp(beta * (z_j - max)))`` per row, each term floored for speed."""
+    """``log(sum_j exp(beta * (z_j - max)))`` per row of ``(k, C)`` logits, terms floored."""
     scaled = (logits - row_max.unsqueeze(1)).mul_(beta).clamp_min_(_exp_floor(logits.dtype))
     return scaled.exp_().sum(dim=1).log_()
 
@@ -114,27 +123,30 @@ def _cross_entropy_from_log_probs(
     num_classes = log_probs.shape[1]
     eps = options.label_smoothing
     class_weight = None if weight is None else weight.to(log_probs.dtype)
+    class_weight_along = (
+        None if class_weight is None else along_classes(class_weight, log_probs.dim())
+    )
     if options.probability_target:
         smoothed = target.to(log_probs.dtype) * (1 - eps) + eps / num_classes
-        weighted = smoothed if class_weight is None else smoothed * class_weight
+        weighted = smoothed if class_weight_along is None else smoothed * class_weight_along
         return -(log_probs * weighted).sum(dim=1)
     ce = F.nll_loss(
         log_probs, target, class_weight, ignore_index=options.ignore_index, reduction="none"
     )
     if eps == 0.0:
         return ce
-    weighted_log_probs = log_probs if class_weight is None else log_probs * class_weight
+    weighted_log_probs = log_probs if class_weight_along is None else log_probs * class_weight_along
     uniform = -weighted_log_probs.sum(dim=1) / num_classes
     valid = target != options.ignore_index
     return (1 - eps) * ce + eps * torch.where(valid, uniform, 0.0)
 
 
 class RowStatistics(NamedTuple):
-    """What the fast forward keeps for backward: O(rows) numbers, no (rows, classes) tensor.
+    """What the fast forward keeps for backward: per-element numbers, no tensor of the logits' size.
 
-    ``active`` indexes the rows whose penalty gradient is not exactly zero in the compute dtype;
-    ``smooth_max`` and ``penalty_slope`` hold, for those rows only, SmoothMax(z) and
-    ``w[r] * lambda * s / 2 * sech(s * negative_gap / 2) ** 2``.
+    ``active`` (a boolean mask over elements) marks the elements whose penalty gradient is not
+    exactly zero in the compute dtype; ``smooth_max`` and ``penalty_slope`` hold, for those only
+    (in mask order), SmoothMax(z) and ``w[r] * lambda * s / 2 * sech(s * negative_gap / 2) ** 2``.
     """
 
     reference: Tensor
@@ -162,9 +174,8 @@ def fair_loss_rows_forward(
     class_weight = penalty_weight(weight, reference, valid).to(logits.dtype)
     scale, lam = options.scaling_factor, options.penalty_scale
     no_rows = logits.new_zeros(0)
-    if scale == 0.0 or lam == 0.0 or logits.shape[0] == 0:
-        empty = torch.zeros(0, dtype=torch.long, device=logits.device)
-        return ce, RowStatistics(reference, valid, empty, no_rows, no_rows)
+    if scale == 0.0 or lam == 0.0 or logits.numel() == 0:
+        return ce, RowStatistics(reference, valid, torch.zeros_like(valid), no_rows, no_rows)
 
     row_max = logits.amax(dim=1)
     reference_logit = logits.gather(1, reference.unsqueeze(1)).squeeze(1)
@@ -176,14 +187,15 @@ def fair_loss_rows_forward(
     )
 
     penalty = (max_gap > 0).to(ce.dtype) * lam  # saturated rows: tanh = 1; winners: 0
-    log_sum = _log_sum_exp_beta(logits.index_select(0, active), row_max[active], beta)
-    negative_gap = max_gap[active] + log_sum / beta
+    where = active.nonzero(as_tuple=True)  # one nonzero for every use below
+    log_sum = _log_sum_exp_beta(logits.movedim(1, -1)[where], row_max[where], beta)
+    negative_gap = max_gap[where] + log_sum / beta
     half_scaled_gap = scale * negative_gap / 2
-    penalty[active] = lam * torch.tanh(half_scaled_gap)
+    penalty[where] = lam * torch.tanh(half_scaled_gap)
     decay = torch.exp(-2 * half_scaled_gap)
     sech_squared = 4 * decay / (1 + decay) ** 2
-    penalty_slope = class_weight[active] * (lam * scale / 2) * sech_squared
-    smooth_max = row_max[active] + log_sum / beta
+    penalty_slope = class_weight[where] * (lam * scale / 2) * sech_squared
+    smooth_max = row_max[where] + log_sum / beta
     loss = ce + class_weight * penalty
     return loss, RowStatistics(reference, valid, active, smooth_max, penalty_slope)
 
@@ -196,32 +208,37 @@ def _drop_clear_winners(
     unsaturated: Tensor,
     beta: float,
 ) -> Tensor:
-    """Indices of the rows that need SmoothMax: ``unsaturated`` minus the clear winners.
+    """The mask of elements that need SmoothMax: ``unsaturated`` minus the clear winners.
 
     A clear winner's reference logit is the maximum and every other logit lies more than
     ``margin = -floor / beta`` below it: each other term of ``sum exp(beta * (z - max))`` is below
     the exp floor, so the gap is 0, the penalty 0 and its gradient 0 in the compute dtype.
     A winner with softmax probability ``p_r > 1 / (1 + exp(-margin))`` is clear without looking
-    at its row (any runner-up has ``p_j <= 1 - p_r < p_r * exp(-margin)``); the other winners
+    at its logits (any runner-up has ``p_j <= 1 - p_r < p_r * exp(-margin)``); the other winners
     are checked logit by logit.
     """
     margin = -_exp_floor(logits.dtype) / beta
     confident = reference_log_prob > -math.log1p(math.exp(-margin)) + 1e-6
     unsaturated = unsaturated & ~(winners & confident)
-    winner_rows = torch.nonzero(winners & ~confident).squeeze(1)
-    if winner_rows.numel() > 0:
+    unsure = winners & ~confident
+    unsure_count = int(unsure.sum())
+    if unsure_count > 0:
         # Sum of the logits' excess over (max - margin): the max alone contributes `margin`;
         # a runner-up within the margin adds more (a tolerance of 1e-3 * margin admits only
         # runners-up whose exp term is still below the floor's order of magnitude). Most rows
         # are read in place; a few are gathered first.
-        if winner_rows.numel() > logits.shape[0] // 4:
-            excess = (logits - (row_max - margin).unsqueeze(1)).clamp_min_(0).sum(dim=1)
-            excess = excess[winner_rows]
+        class_last = logits.movedim(1, -1)
+        where = unsure.nonzero(as_tuple=True)
+        if unsure_count > unsure.numel() // 4:
+            threshold = (row_max - margin).unsqueeze(-1)
+            excess = (class_last - threshold).clamp_min_(0).sum(dim=-1)[where]
         else:
-            threshold = (row_max[winner_rows] - margin).unsqueeze(1)
-            excess = (logits[winner_rows] - threshold).clamp_min_(0).sum(dim=1)
-        unsaturated[winner_rows[excess <= margin * (1 + 1e-3)]] = False
-    return torch.nonzero(unsaturated).squeeze(1)
+            threshold = (row_max[where] - margin).unsqueeze(-1)
+            excess = (class_last[where] - threshold).clamp_min_(0).sum(dim=-1)
+        clear = torch.zeros_like(unsure)
+        clear[where] = excess <= margin * (1 + 1e-3)
+        unsaturated = unsaturated & ~clear
+    return unsaturated
 
 
 def fair_loss_rows_backward(
@@ -246,9 +263,10 @@ def fair_loss_rows_backward(
     grad = torch.softmax(logits, dim=1)
     if options.probability_target:
         smoothed = target.to(logits.dtype) * (1 - eps) + eps / num_classes
-        weighted = smoothed if class_weights is None else smoothed * class_weights
-        grad.mul_((grad_loss * weighted.sum(dim=1)).unsqueeze(1))
-        grad.sub_(weighted.mul_(grad_loss.unsqueeze(1)))
+        if class_weights is not None:
+            smoothed.mul_(along_classes(class_weights, logits.dim()))
+        grad.mul_((grad_loss * smoothed.sum(dim=1)).unsqueeze(1))
+        grad.sub_(smoothed.mul_(grad_loss.unsqueeze(1)))
     else:
         grad_loss = torch.where(statistics.valid, grad_loss, 0.0)
         reference = statistics.reference
@@ -259,30 +277,34 @@ def fair_loss_rows_backward(
         else:
             target_weight = class_weights[reference]
             total_weight = class_weights.sum()
-        grad.mul_(
-            (grad_loss * ((1 - eps) * target_weight + eps * total_weight / num_classes))[:, None]
-        )
-        rows = torch.arange(grad.shape[0], device=grad.device)
-        grad.index_put_((rows, reference), -(1 - eps) * grad_loss * target_weight, accumulate=True)
+        row_scale = grad_loss * ((1 - eps) * target_weight + eps * total_weight / num_classes)
+        grad.mul_(row_scale.unsqueeze(1))
+        picked = -(1 - eps) * grad_loss * target_weight
+        grad.scatter_add_(1, reference.unsqueeze(1), picked.unsqueeze(1))
         if eps > 0:
             smoothing_row = (
                 torch.ones(num_classes, dtype=grad.dtype, device=grad.device)
                 if class_weights is None
                 else class_weights
             )
-            grad.addr_(grad_loss * (eps / num_classes), smoothing_row, alpha=-1)
+            grad.addcmul_(
+                (grad_loss * (eps / num_classes)).unsqueeze(1),
+                along_classes(smoothing_row, grad.dim()),
+                value=-1,
+            )
 
-    active = statistics.active
-    if active.numel() > 0:
-        slope = grad_loss[active] * statistics.penalty_slope
-        scaled = (logits.index_select(0, active) - statistics.smooth_max.unsqueeze(1)).mul_(
+    if statistics.penalty_slope.numel() > 0:
+        where = statistics.active.nonzero(as_tuple=True)
+        slope = grad_loss[where] * statistics.penalty_slope
+        scaled = (logits.movedim(1, -1)[where] - statistics.smooth_max.unsqueeze(1)).mul_(
             options.smooth_max_beta
         )
         floor = _exp_floor(logits.dtype)
         beta_softmax = torch.threshold_(scaled.clamp_min_(floor).exp_(), math.exp(floor), 0.0)
         penalty_grad = beta_softmax.mul_(slope.unsqueeze(1))
-        active_rows = torch.arange(active.numel(), device=grad.device)
-        penalty_grad[active_rows, statistics.reference[active]] -= slope
-        # Rows in `active` are distinct: a gather-add-scatter beats index_add_ on CPU.
-        grad[active] = penalty_grad.add_(grad.index_select(0, active))
+        active_rows = torch.arange(slope.numel(), device=grad.device)
+        penalty_grad[active_rows, statistics.reference[where]] -= slope
+        # The active elements are distinct: gather, add, scatter back through the class-last view.
+        grad_class_last = grad.movedim(1, -1)
+        grad_class_last[where] = penalty_grad.add_(grad_class_last[where])
     return grad

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -174,19 +175,23 @@ def _resolve_options(
 def _as_rows(
     input: Tensor, target: Tensor, probability_target: bool
 ) -> tuple[Tensor, Tensor, tuple[int, ...]]:
-    """Flatten ``(C)``, ``(N, C)`` or ``(N, C, d...)`` to ``(M, C)`` rows, targets alike."""
+    """View ``(C)``, ``(N, C)`` or ``(N, C, d...)`` as ``(1, C)``, ``(N, C)`` or ``(N, C, L)``.
+
+    The class dimension stays at 1 (no copy for contiguous inputs); targets alike. Also returns
+    the shape of ``reduction="none"``'s output.
+    """
     if input.dim() == 1:
-        rows = input.unsqueeze(0)
         target_rows = target.unsqueeze(0)
-        return rows, (target_rows if probability_target else target_rows.long()), ()
-    num_classes = input.shape[1]
-    element_shape = (input.shape[0], *input.shape[2:])
-    rows = input.movedim(1, -1).reshape(-1, num_classes)
+        return input.unsqueeze(0), (target_rows if probability_target else target_rows.long()), ()
+    batch, num_classes = input.shape[:2]
+    element_shape = (batch, *input.shape[2:])
+    if input.dim() == 2:
+        return input, (target if probability_target else target.long()), element_shape
+    positions = math.prod(input.shape[2:])
+    rows = input.reshape(batch, num_classes, positions)
     if probability_target:
-        target_rows = target.movedim(1, -1).reshape(-1, num_classes)
-    else:
-        target_rows = target.reshape(-1).long()
-    return rows, target_rows, element_shape
+        return rows, target.reshape(batch, num_classes, positions), element_shape
+    return rows, target.reshape(batch, positions).long(), element_shape
 
 
 def _mean_denominator(
@@ -195,7 +200,8 @@ def _mean_denominator(
     """Cross-entropy's ``"mean"`` divisor: total target weight, or the element count."""
     dtype = compute_dtype(rows.dtype)
     if options.probability_target:
-        return torch.tensor(float(rows.shape[0]), dtype=dtype, device=rows.device)
+        element_count = rows.numel() // rows.shape[1] if rows.shape[1] else 0
+        return torch.tensor(float(element_count), dtype=dtype, device=rows.device)
     valid = target_rows != options.ignore_index
     if weight is None:
         return valid.sum().to(dtype)
