@@ -160,14 +160,18 @@ def _time(
 
 
 def _time_case(
-    case: Case, libraries: Sequence[str], settings: Settings, old_release: Optional[ModuleType]
+    case: Case,
+    libraries: Sequence[str],
+    settings: Settings,
+    old_release: Optional[ModuleType],
+    values: dict[str, float],
 ) -> list[Result]:
+    """Time ``libraries`` on the case; ``values`` collects each loss's value across calls."""
     results = [Result(case, library) for library in libraries]
     if not case.time:
         return results
     inputs = make_inputs(case)
     win_rate = target_win_rate(inputs)
-    values: dict[str, float] = {}
     for result in results:
         result.target_wins = win_rate
         if result.library in COMPILED and not settings.compile:
@@ -229,14 +233,25 @@ def run_suite(
     """Measure each case: time of every loss, then peak memory of the eager ones."""
     torch.set_num_threads(settings.threads)
     old_release = load_old_release(settings.old_path) if settings.old_path is not None else None
-    results: list[Result] = []
+    # Every eager timing runs before any compiled one: for some seconds after compiled code has
+    # run, eager timings in the same process came out up to 2x slower (Inductor's background
+    # workers), which would otherwise charge the next case's eager losses.
+    eager = [library for library in LIBRARIES if library not in COMPILED]
+    compiled = [library for library in LIBRARIES if library in COMPILED]
+    values: dict[Case, dict[str, float]] = {case: {} for case in grid}
+    by_case: dict[Case, list[Result]] = {}
     for case in grid:
         progress(f"[bench] {case.name}")
-        case_results = _time_case(case, LIBRARIES, settings, old_release)
-        _measure_memory(case_results, settings)
-        for result in case_results:
+        by_case[case] = _time_case(case, eager, settings, old_release, values[case])
+        _measure_memory(by_case[case], settings)
+    for case in grid:
+        progress(f"[bench] {case.name} (compiled)")
+        by_case[case] += _time_case(case, compiled, settings, old_release, values[case])
+    results: list[Result] = []
+    for case in grid:
+        for result in by_case[case]:
             progress(f"[bench]   {LABELS[result.library]:<26} {_summary(result)}")
-        results += case_results
+        results += by_case[case]
     return results
 
 
