@@ -24,6 +24,7 @@ from fairloss._rows import (
     compute_dtype,
     fair_loss_rows_backward,
     fair_loss_rows_forward,
+    fair_loss_rows_forward_backward,
 )
 
 
@@ -186,16 +187,16 @@ class LinearFairLossFunction(torch.autograd.Function):
         chunk_statistics = []
         for chunk in head.chunks(settings.chunk_size):
             logits = head.logits(chunk.hidden)
-            loss, statistics = fair_loss_rows_forward(logits, chunk.target, weight, options)
-            row_losses[chunk.positions] = loss
-            chunk_statistics.append(statistics)
-            if gradients is not None:
-                ones = torch.ones_like(loss)
-                grad_logits = fair_loss_rows_backward(
-                    logits, chunk.target, weight, options, statistics, ones
+            if gradients is None:
+                loss, statistics = fair_loss_rows_forward(logits, chunk.target, weight, options)
+            else:
+                loss, statistics, grad_logits = fair_loss_rows_forward_backward(
+                    logits, chunk.target, weight, options
                 )
                 gradients.add_chunk(head, chunk, grad_logits)
                 del grad_logits  # before the next chunk's temporaries exist
+            row_losses[chunk.positions] = loss
+            chunk_statistics.append(statistics)
 
         ctx.settings = settings
         ctx.gradients = gradients

@@ -159,6 +159,35 @@ class RowStatistics(NamedTuple):
 def fair_loss_rows_forward(
     logits: Tensor, target: Tensor, weight: Optional[Tensor], options: FairLossOptions
 ) -> tuple[Tensor, RowStatistics]:
+    """Per-row FairLoss without autograd, and the statistics backward needs."""
+    loss, statistics, _ = _forward(logits, target, weight, options, keep_log_probs=False)
+    return loss, statistics
+
+
+def fair_loss_rows_forward_backward(
+    logits: Tensor, target: Tensor, weight: Optional[Tensor], options: FairLossOptions
+) -> tuple[Tensor, RowStatistics, Tensor]:
+    """Per-row FairLoss and its gradient for an upstream gradient of ones, in one go.
+
+    For summed losses whose gradient is wanted at once (the chunked linear path): forward's
+    log-softmax buffer becomes backward's softmax in place, saving a pass and an allocation.
+    """
+    loss, statistics, log_probs = _forward(logits, target, weight, options, keep_log_probs=True)
+    assert log_probs is not None  # kept on request
+    grad = fair_loss_rows_backward(
+        logits, target, weight, options, statistics, torch.ones_like(loss), log_probs.exp_()
+    )
+    return loss, statistics, grad
+
+
+def _forward(
+    logits: Tensor,
+    target: Tensor,
+    weight: Optional[Tensor],
+    options: FairLossOptions,
+    *,
+    keep_log_probs: bool,
+) -> tuple[Tensor, RowStatistics, Optional[Tensor]]:
     """Per-row FairLoss without autograd, and the statistics backward needs.
 
     Equal to :func:`fair_loss_rows_composite`. A row whose reference logit lies below the row
@@ -170,12 +199,13 @@ def fair_loss_rows_forward(
     ce = _cross_entropy_from_log_probs(log_probs, target, weight, options)
     reference, valid = reference_class(target, options)
     reference_log_prob = log_probs.gather(1, reference.unsqueeze(1)).squeeze(1)
+    kept = log_probs if keep_log_probs else None
     del log_probs
     class_weight = penalty_weight(weight, reference, valid).to(logits.dtype)
     scale, lam = options.scaling_factor, options.penalty_scale
     no_rows = logits.new_zeros(0)
     if scale == 0.0 or lam == 0.0 or logits.numel() == 0:
-        return ce, RowStatistics(reference, valid, torch.zeros_like(valid), no_rows, no_rows)
+        return ce, RowStatistics(reference, valid, torch.zeros_like(valid), no_rows, no_rows), kept
 
     row_max = logits.amax(dim=1)
     reference_logit = logits.gather(1, reference.unsqueeze(1)).squeeze(1)
@@ -197,7 +227,7 @@ def fair_loss_rows_forward(
     penalty_slope = class_weight[where] * (lam * scale / 2) * sech_squared
     smooth_max = row_max[where] + log_sum / beta
     loss = ce + class_weight * penalty
-    return loss, RowStatistics(reference, valid, active, smooth_max, penalty_slope)
+    return loss, RowStatistics(reference, valid, active, smooth_max, penalty_slope), kept
 
 
 def _drop_clear_winners(
@@ -248,19 +278,21 @@ def fair_loss_rows_backward(
     options: FairLossOptions,
     statistics: RowStatistics,
     grad_loss: Tensor,
+    softmax: Optional[Tensor] = None,
 ) -> Tensor:
     """Gradient of ``sum(grad_loss * rows_loss)`` w.r.t. the logits, built in one buffer.
 
     Cross-entropy part, with ``p = softmax(z)``, ``eps`` = label smoothing, ``y'`` the smoothed
     target distribution: ``g * ((sum_c w_c y'_c) p - w * y')``. Penalty part on active rows:
-    ``g * penalty_slope * (softmax(beta * z) - onehot(r))``.
+    ``g * penalty_slope * (softmax(beta * z) - onehot(r))``. A ``softmax`` buffer of the logits,
+    when given, is overwritten with the gradient.
     """
     logits = logits.to(compute_dtype(logits.dtype))
     num_classes = logits.shape[1]
     eps = options.label_smoothing
     grad_loss = grad_loss.to(logits.dtype)
     class_weights = None if weight is None else weight.to(logits.dtype)
-    grad = torch.softmax(logits, dim=1)
+    grad = torch.softmax(logits, dim=1) if softmax is None else softmax
     if options.probability_target:
         smoothed = target.to(logits.dtype) * (1 - eps) + eps / num_classes
         if class_weights is not None:
