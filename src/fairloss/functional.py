@@ -155,8 +155,32 @@ def _resolve_options(
     penalty_scale: Optional[float],
 ) -> FairLossOptions:
     validation.check_logits(input)
-    num_classes = input.shape[0 if input.dim() == 1 else 1]
-    probability_target = validation.is_probability_target(input, target)
+    return _options_for_classes(
+        input.shape[0 if input.dim() == 1 else 1],
+        target,
+        weight,
+        probability_target=validation.is_probability_target(input, target),
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        smooth_max_beta=smooth_max_beta,
+        scaling_factor=scaling_factor,
+        penalty_scale=penalty_scale,
+    )
+
+
+def _options_for_classes(
+    num_classes: int,
+    target: Tensor,
+    weight: Optional[Tensor],
+    *,
+    probability_target: bool,
+    ignore_index: int,
+    label_smoothing: float,
+    smooth_max_beta: float,
+    scaling_factor: float,
+    penalty_scale: Optional[float],
+) -> FairLossOptions:
+    """Check the options every FairLoss entry point shares, and resolve lambda for C classes."""
     validation.check_weight(weight, num_classes)
     ignore_index = validation.check_ignore_index(ignore_index)
     if not probability_target and not _is_compiling():

@@ -10,7 +10,7 @@ from torch import Tensor
 from fairloss import _validation as validation
 from fairloss._linear_autograd import LinearFairLossFunction, LinearFairLossSettings
 from fairloss._rows import FairLossOptions
-from fairloss.functional import _mean_denominator
+from fairloss.functional import _mean_denominator, _options_for_classes
 
 __all__ = ["linear_fair_loss"]
 
@@ -266,15 +266,14 @@ def _resolve_options(
     penalty_scale: Optional[float],
 ) -> FairLossOptions:
     """The options of :func:`fairloss.fair_loss`, checked the same way, for ``V`` classes."""
-    validation.check_weight(weight, num_classes)
-    ignore_index = validation.check_ignore_index(ignore_index)
-    validation.check_class_indices(target, num_classes, ignore_index)
-    resolved_scale = validation.check_optional_non_negative_finite("penalty_scale", penalty_scale)
-    return FairLossOptions(
-        ignore_index=ignore_index,
-        label_smoothing=validation.check_label_smoothing(label_smoothing),
-        smooth_max_beta=validation.check_positive_finite("smooth_max_beta", smooth_max_beta),
-        scaling_factor=validation.check_non_negative_finite("scaling_factor", scaling_factor),
-        penalty_scale=1.0 / num_classes if resolved_scale is None else resolved_scale,
+    return _options_for_classes(
+        num_classes,
+        target,
+        weight,
         probability_target=False,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        smooth_max_beta=smooth_max_beta,
+        scaling_factor=scaling_factor,
+        penalty_scale=penalty_scale,
     )
