@@ -36,7 +36,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,7 +47,12 @@ from torch import Tensor, nn
 from torch.utils import benchmark
 
 import fairloss
-from benchmarks.memory import MALLOC_MMAP_THRESHOLD, _peak_rss_bytes, _reset_peak_rss
+from benchmarks.memory import (
+    MALLOC_MMAP_THRESHOLD,
+    _peak_rss_bytes,
+    _reset_peak_rss,
+    run_json_job,
+)
 from fairloss.linear import default_chunk_size, linear_fair_loss
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
@@ -197,24 +201,7 @@ def _run_job(job: dict[str, Any], timeout_s: float) -> dict[str, Any]:
     environment = dict(os.environ)
     if job["kind"] == "memory":
         environment["MALLOC_MMAP_THRESHOLD_"] = MALLOC_MMAP_THRESHOLD
-    try:
-        completed = subprocess.run(
-            command,
-            cwd=REPOSITORY_ROOT,
-            env=environment,
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        return {"failed": f"timed out after {timeout_s:.0f} s"}
-    lines = completed.stdout.strip().splitlines()
-    if completed.returncode != 0 or not lines:
-        error_lines = completed.stderr.strip().splitlines() or [f"exit code {completed.returncode}"]
-        return {"failed": error_lines[-1]}
-    result: dict[str, Any] = json.loads(lines[-1])
-    return result
+    return run_json_job(command, environment, timeout_s)
 
 
 def _megabytes(size: Optional[float]) -> str:

@@ -102,6 +102,33 @@ def measure_peak_growth(case: Case, library: str, old_path: Optional[str] = None
     return {"peak_bytes": peak - baseline, "baseline_bytes": baseline, "method": method}
 
 
+def run_json_job(
+    command: Sequence[str], environment: dict[str, str], timeout_s: float
+) -> dict[str, Any]:
+    """Run a benchmark job in a fresh process whose last stdout line is a JSON report.
+
+    Returns the report, or ``{"failed": reason}`` on a time-out, a crash or no output.
+    """
+    try:
+        completed = subprocess.run(
+            list(command),
+            cwd=REPOSITORY_ROOT,
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return {"failed": f"timed out after {timeout_s:.0f} s"}
+    lines = completed.stdout.strip().splitlines()
+    if completed.returncode != 0 or not lines:
+        error_lines = completed.stderr.strip().splitlines() or [f"exit code {completed.returncode}"]
+        return {"failed": error_lines[-1]}
+    report: dict[str, Any] = json.loads(lines[-1])
+    return report
+
+
 def measure_in_subprocess(
     case: Case,
     library: str,
@@ -127,23 +154,9 @@ def measure_in_subprocess(
     if old_path is not None:
         command += ["--old-path", str(old_path)]
     environment = dict(os.environ, MALLOC_MMAP_THRESHOLD_=MALLOC_MMAP_THRESHOLD)
-    try:
-        completed = subprocess.run(
-            command,
-            cwd=REPOSITORY_ROOT,
-            env=environment,
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        return MemoryResult(f"failed: timed out after {timeout_s:.0f} s")
-    lines = completed.stdout.strip().splitlines()
-    if completed.returncode != 0 or not lines:
-        error_lines = completed.stderr.strip().splitlines() or [f"exit code {completed.returncode}"]
-        return MemoryResult(f"failed: {error_lines[-1]}")
-    report = json.loads(lines[-1])
+    report = run_json_job(command, environment, timeout_s)
+    if "failed" in report:
+        return MemoryResult(f"failed: {report['failed']}")
     if "not_applicable" in report:
         return MemoryResult(f"n/a: {report['not_applicable']}")
     return MemoryResult("ok", int(report["peak_bytes"]), str(report["method"]))
