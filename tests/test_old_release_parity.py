@@ -8,21 +8,22 @@ from typing import Any
 
 import pytest
 import torch
+from benchmarks.old_release import find_old_release, load_old_release
 from torch import nn
 from torch.testing import assert_close
 
 from fairloss import FairLoss
-from tests.old_release import find_wheel, load_old_release
 from tests.reference import fair_loss_reference
 
 
 @pytest.fixture(scope="module")
-def old(tmp_path_factory: pytest.TempPathFactory) -> ModuleType:
-    if find_wheel() is None:
+def old() -> ModuleType:
+    source = find_old_release()
+    if source is None:
         if os.environ.get("CI"):
             pytest.fail("CI must run the parity tests: `make setup` downloads the 0.1.1 wheel")
-        pytest.skip("pytorch-fairloss 0.1.1 wheel not downloaded (run `make setup`)")
-    return load_old_release(tmp_path_factory.mktemp("old_release"))
+        pytest.skip("pytorch-fairloss 0.1.1 not downloaded (run `make setup`)")
+    return load_old_release(source)
 
 
 @pytest.mark.parametrize(("batch", "num_classes"), [(1, 2), (7, 3), (64, 10), (33, 101)])
