@@ -1,48 +1,156 @@
-"""torch.compile(fullgraph=True) traces fair_loss without graph breaks and matches eager."""
+"""torch.compile(fullgraph=True) traces fair_loss without graph breaks and matches eager.
+
+Under ``torch.compile`` fair_loss runs :class:`fairloss._autograd.TraceableFairLossFunction`:
+dense steps the compiler fuses, and the data-dependent steps as the custom operators of
+:mod:`fairloss._ops`. These tests compare it with the eager path (itself checked against the
+float64 oracle elsewhere) and with the oracle directly, over the option combinations, layouts
+and logit regimes that take different branches of the penalty statistics.
+"""
 
 from __future__ import annotations
 
+from typing import Any, Callable, Optional
+
 import pytest
 import torch
+from torch import Tensor
 from torch.testing import assert_close
 
-from fairloss import FairLoss, fair_loss
+from fairloss import FairLoss, _ops, fair_loss
+from tests.reference import fair_loss_reference
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize(
-    "options",
-    [
-        {},
-        {
-            "weight": torch.tensor([1.0, 2.0, 0.5, 1.0, 3.0]),
-            "ignore_index": 1,
-            "label_smoothing": 0.1,
-            "reduction": "sum",
-        },
-    ],
-    ids=["defaults", "weight-ignore-smoothing"],
-)
-def test_compiled_matches_eager(options: dict) -> None:
+def _logits(shape: tuple[int, ...], regime: str, target: Tensor, seed: int) -> Tensor:
+    """``near-ties``: many unsaturated elements; ``trained``: the target wins most elements."""
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(shape, generator=generator, dtype=torch.float64)
+    if regime == "near-ties":
+        return logits * 0.01
+    if regime == "trained":
+        if target.is_floating_point():
+            return logits + 5 * target
+        one_hot = torch.nn.functional.one_hot(target.clamp_min(0), shape[1]).movedim(-1, 1)
+        return logits + 5 * one_hot
+    return logits
+
+
+def _index_target(shape: tuple[int, ...], ignore_share: float, seed: int) -> Tensor:
+    generator = torch.Generator().manual_seed(seed + 1)
+    element_shape = (shape[0], *shape[2:])
+    target = torch.randint(0, shape[1], element_shape, generator=generator)
+    ignored = torch.rand(element_shape, generator=generator) < ignore_share
+    return target.masked_fill(ignored, -100)
+
+
+CASES: list[tuple[tuple[int, ...], str, dict[str, Any], bool]] = [
+    # (shape, regime, options, probability target)
+    ((64, 7), "random", {}, False),
+    ((64, 7), "near-ties", {}, False),
+    ((64, 7), "trained", {}, False),
+    ((96, 5), "near-ties", {"weight": True, "ignore": 0.2, "label_smoothing": 0.1}, False),
+    ((4, 6, 5, 3), "near-ties", {"ignore": 0.1}, False),
+    ((4, 6, 5, 3), "trained", {"weight": True, "label_smoothing": 0.2}, False),
+    ((8, 4, 9), "near-ties", {"weight": True}, True),
+    ((32, 10), "random", {"scaling_factor": 0.0}, False),
+    ((32, 10), "near-ties", {"smooth_max_beta": 20.0, "scaling_factor": 5.0}, False),
+]
+
+
+def _case_inputs(
+    shape: tuple[int, ...], regime: str, options: dict[str, Any], probability: bool, seed: int
+) -> tuple[Tensor, Tensor, dict[str, Any]]:
+    if probability:
+        generator = torch.Generator().manual_seed(seed + 2)
+        target = torch.softmax(torch.randn(shape, generator=generator, dtype=torch.float64), 1)
+    else:
+        target = _index_target(shape, options.get("ignore", 0.0), seed)
+    logits = _logits(shape, regime, target, seed)
+    keywords = {k: v for k, v in options.items() if k not in ("weight", "ignore")}
+    if options.get("weight"):
+        generator = torch.Generator().manual_seed(seed + 3)
+        keywords["weight"] = torch.rand(shape[1], generator=generator, dtype=torch.float64) + 0.5
+    return logits, target, keywords
+
+
+def _compiled_and_eager(
+    loss_fn: Callable[..., Tensor], logits: Tensor, target: Tensor, backend: str = "inductor"
+) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
     torch._dynamo.reset()
-    generator = torch.Generator().manual_seed(0)
-    logits = torch.randn(16, 5, generator=generator) * 0.05
-    target = torch.randint(0, 5, (16,), generator=generator)
-    weight = options.pop("weight", None)
+    compiled = torch.compile(loss_fn, fullgraph=True, backend=backend)
+    outputs = []
+    for function in (compiled, loss_fn):
+        leaf = logits.detach().clone().requires_grad_()
+        loss = function(leaf, target)
+        (grad,) = torch.autograd.grad(loss.sum(), leaf)
+        outputs.append((loss.detach(), grad))
+    return outputs[0], outputs[1]
 
-    def loss_fn(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return fair_loss(z, y, weight, **options)
 
-    compiled = torch.compile(loss_fn, fullgraph=True, backend="inductor")
-    eager_logits = logits.clone().requires_grad_()
-    compiled_logits = logits.clone().requires_grad_()
-    eager = loss_fn(eager_logits, target)
-    result = compiled(compiled_logits, target)
-    assert_close(result, eager, rtol=1e-5, atol=1e-6)
-    eager.backward()
-    result.backward()
-    assert_close(compiled_logits.grad, eager_logits.grad, rtol=1e-4, atol=1e-6)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize(
+    ("shape", "regime", "options", "probability"),
+    CASES,
+    ids=[f"{'x'.join(map(str, c[0]))}-{c[1]}-{'-'.join(c[2]) or 'defaults'}" for c in CASES],
+)
+def test_compiled_matches_eager_and_the_oracle(
+    shape: tuple[int, ...],
+    regime: str,
+    options: dict[str, Any],
+    probability: bool,
+    reduction: str,
+    dtype: torch.dtype,
+) -> None:
+    logits, target, keywords = _case_inputs(shape, regime, options, probability, seed=len(shape))
+    logits = logits.to(dtype)
+    if probability:
+        target = target.to(dtype)
+    weight: Optional[Tensor] = keywords.pop("weight", None)
+    if weight is not None:
+        weight = weight.to(dtype)
+
+    def loss_fn(z: Tensor, y: Tensor) -> Tensor:
+        return fair_loss(z, y, weight, reduction=reduction, **keywords)
+
+    (compiled_loss, compiled_grad), (eager_loss, eager_grad) = _compiled_and_eager(
+        loss_fn, logits, target
+    )
+    rtol, atol = (1e-9, 1e-12) if dtype == torch.float64 else (1.3e-6, 1e-5)
+    assert_close(compiled_loss, eager_loss, rtol=rtol, atol=atol)
+    assert_close(compiled_grad, eager_grad, rtol=rtol, atol=atol)
+    if dtype == torch.float64:
+        oracle_logits = logits.detach().clone().requires_grad_()
+        oracle = fair_loss_reference(oracle_logits, target, weight, reduction=reduction, **keywords)
+        (oracle_grad,) = torch.autograd.grad(oracle.sum(), oracle_logits)
+        assert_close(compiled_loss, oracle.detach(), rtol=1e-9, atol=1e-12)
+        assert_close(compiled_grad, oracle_grad, rtol=1e-7, atol=1e-10)
+
+
+def test_compiled_probability_target_gradient_matches_eager() -> None:
+    generator = torch.Generator().manual_seed(5)
+    logits = torch.randn(6, 4, 3, generator=generator, dtype=torch.float64) * 0.05
+    target = torch.softmax(torch.randn(6, 4, 3, generator=generator, dtype=torch.float64), 1)
+
+    def target_grad(function: Callable[..., Tensor]) -> Tensor:
+        leaf = target.clone().requires_grad_()
+        (grad,) = torch.autograd.grad(function(logits, leaf, label_smoothing=0.1), leaf)
+        return grad
+
+    torch._dynamo.reset()
+    compiled = torch.compile(fair_loss, fullgraph=True, backend="inductor")
+    assert_close(target_grad(compiled), target_grad(fair_loss), rtol=1e-9, atol=1e-12)
+
+
+def test_compiled_with_dynamic_shapes_follows_the_batch() -> None:
+    torch._dynamo.reset()
+    compiled = torch.compile(fair_loss, fullgraph=True, dynamic=True, backend="inductor")
+    for batch in (5, 17, 33):
+        generator = torch.Generator().manual_seed(batch)
+        logits = torch.randn(batch, 6, generator=generator) * 0.02
+        target = torch.randint(0, 6, (batch,), generator=generator)
+        assert_close(compiled(logits, target), fair_loss(logits, target))
 
 
 def test_module_compiles_with_probability_targets() -> None:
@@ -52,3 +160,30 @@ def test_module_compiles_with_probability_targets() -> None:
     target = torch.softmax(torch.randn(4, 3, 2), 1)
     compiled = torch.compile(criterion, fullgraph=True, backend="aot_eager")
     assert_close(compiled(logits, target), criterion(logits, target), rtol=1e-5, atol=1e-6)
+
+
+def _statistics_arguments(shape: tuple[int, ...]) -> tuple[Any, ...]:
+    generator = torch.Generator().manual_seed(11)
+    logits = torch.randn(shape, generator=generator) * 0.01
+    target = torch.randint(0, shape[1], (shape[0], *shape[2:]), generator=generator)
+    valid = target != 3
+    reference = target.masked_fill(~valid, 0)
+    class_weight = valid.to(logits.dtype)
+    row_max = logits.amax(dim=1)
+    log_probs = torch.log_softmax(logits, dim=1)
+    reference_log_prob = log_probs.gather(1, reference.unsqueeze(1)).squeeze(1)
+    beta, scale, lam = 1000.0, 1000.0, 0.2
+    return (logits, reference, valid, class_weight, row_max, reference_log_prob, beta, scale, lam)
+
+
+@pytest.mark.parametrize("shape", [(16, 5), (4, 5, 6)], ids=["rows", "k-dim"])
+def test_custom_operators_pass_opcheck(shape: tuple[int, ...]) -> None:
+    arguments = _statistics_arguments(shape)
+    torch.library.opcheck(_ops.penalty_statistics, arguments)
+    logits, reference = arguments[0], arguments[1]
+    _, smooth_max, penalty_slope = _ops.penalty_statistics(*arguments)
+    assert int((penalty_slope != 0).sum()) > 0  # the gradient operator has work to do
+    grad = torch.softmax(logits, dim=1)
+    torch.library.opcheck(
+        _ops.add_penalty_gradient_, (grad, logits, reference, smooth_max, penalty_slope, 1000.0)
+    )

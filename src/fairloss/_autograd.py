@@ -1,4 +1,4 @@
-"""The autograd Function behind :func:`fairloss.fair_loss`'s eager path."""
+"""The autograd Functions behind :func:`fairloss.fair_loss`: eager, and under ``torch.compile``."""
 
 from __future__ import annotations
 
@@ -7,20 +7,27 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
+from fairloss import _ops
 from fairloss._rows import (
     FairLossOptions,
     RowStatistics,
+    _cross_entropy_from_log_probs,
     along_classes,
+    compute_dtype,
+    cross_entropy_gradient_,
     fair_loss_rows_backward,
     fair_loss_rows_composite,
     fair_loss_rows_forward,
+    penalty_gradient_scale,
+    penalty_weight,
+    reference_class,
 )
 
 
 class FairLossFunction(torch.autograd.Function):
-    """Per-row FairLoss of ``(M, C)`` logits that saves only per-row statistics.
+    """Per-element FairLoss of ``(M, C)`` or ``(M, C, L)`` logits; saves per-element statistics.
 
-    Forward returns the ``(M,)`` element losses in the compute dtype (float64 for float64 logits,
+    Forward returns the per-element losses in the compute dtype (float64 for float64 logits,
     float32 otherwise). Backward rebuilds the gradient from the saved logits and statistics; when
     a graph of the backward is requested (double backward) it differentiates
     :func:`fairloss._rows.fair_loss_rows_composite` instead, so higher derivatives stay exact.
@@ -56,6 +63,83 @@ class FairLossFunction(torch.autograd.Function):
             ).to(logits.dtype)
         grad_target = None
         if wants_target_grad:
+            grad_target = _probability_target_grad(logits, weight, options, grad_loss)
+            grad_target = grad_target.to(target.dtype)
+        return grad_logits, grad_target, None, None
+
+
+class TraceableFairLossFunction(torch.autograd.Function):
+    """:class:`FairLossFunction`'s counterpart under ``torch.compile``, same inputs and output.
+
+    Its dense steps are plain PyTorch that the compiler fuses into cross-entropy's own passes over
+    the logits (forward: row maximum, normalizer, gathers; backward: the softmax gradient from the
+    saved row maximum and normalizer, one pass). The steps whose shapes depend on the data run
+    through the operators of :mod:`fairloss._ops`: the penalty statistics of the unsaturated
+    elements, and their gradient added in place. Double backward is not supported under
+    ``torch.compile`` (AOTAutograd's limit), so there is no composite fallback here.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        logits: Tensor,
+        target: Tensor,
+        weight: Optional[Tensor],
+        options: FairLossOptions,
+    ) -> Tensor:
+        values = logits.to(compute_dtype(logits.dtype))
+        row_max = values.amax(dim=1, keepdim=True)
+        shifted = values - row_max
+        log_normalizer = shifted.exp().sum(dim=1, keepdim=True).log()
+        log_probs = shifted - log_normalizer
+        ce = _cross_entropy_from_log_probs(log_probs, target, weight, options)
+        reference, valid = reference_class(target, options)
+        class_weight = penalty_weight(weight, reference, valid).to(values.dtype)
+        if options.scaling_factor == 0.0 or options.penalty_scale == 0.0:
+            penalty = smooth_max = penalty_slope = torch.zeros_like(ce)
+        else:
+            penalty, smooth_max, penalty_slope = _ops.penalty_statistics(
+                values,
+                reference,
+                valid,
+                class_weight,
+                row_max.squeeze(1),
+                log_probs.gather(1, reference.unsqueeze(1)).squeeze(1),
+                options.smooth_max_beta,
+                options.scaling_factor,
+                options.penalty_scale,
+            )
+        ctx.options = options
+        ctx.save_for_backward(
+            logits, target, weight, reference, valid, smooth_max, penalty_slope, row_max,
+            log_normalizer,
+        )  # fmt: skip
+        return ce + class_weight * penalty
+
+    @staticmethod
+    def backward(ctx: Any, grad_loss: Tensor) -> tuple[Optional[Tensor], ...]:
+        logits, target, weight, *saved, row_max, log_normalizer = ctx.saved_tensors
+        options: FairLossOptions = ctx.options
+        statistics = RowStatistics(*saved)
+        values = logits.to(compute_dtype(logits.dtype))
+        grad_loss = grad_loss.to(values.dtype)
+        grad_logits = None
+        if ctx.needs_input_grad[0]:
+            probs = ((values - row_max) - log_normalizer).exp()
+            grad = cross_entropy_gradient_(
+                probs, target, weight, options, statistics.valid, grad_loss
+            )
+            _ops.add_penalty_gradient_(
+                grad,
+                values,
+                statistics.reference,
+                statistics.smooth_max,
+                penalty_gradient_scale(statistics, grad_loss),
+                options.smooth_max_beta,
+            )
+            grad_logits = grad.to(logits.dtype)
+        grad_target = None
+        if ctx.needs_input_grad[1]:
             grad_target = _probability_target_grad(logits, weight, options, grad_loss)
             grad_target = grad_target.to(target.dtype)
         return grad_logits, grad_target, None, None

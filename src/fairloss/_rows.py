@@ -7,11 +7,13 @@ last) lets ``(N, C, d1, ..., dk)`` inputs use PyTorch's strided softmax kernels 
 Two implementations of one formula live here:
 
 * :func:`fair_loss_rows_composite` — plain differentiable PyTorch; autograd derives its gradient.
-  It is the readable statement of the semantics, the path taken under ``torch.compile`` and the
-  one that double backward differentiates.
-* :func:`fair_loss_rows_forward` / :func:`fair_loss_rows_backward` — the fast eager path used by
-  :class:`fairloss._autograd.FairLossFunction`. It keeps only per-row statistics between forward
-  and backward and spends SmoothMax work only on the rows where the penalty is not saturated.
+  It is the readable statement of the semantics and the one that double backward
+  differentiates.
+* :func:`fair_loss_rows_forward` / :func:`fair_loss_rows_backward` — the fast path used by
+  :class:`fairloss._autograd.FairLossFunction`. It keeps only per-element statistics between
+  forward and backward and spends SmoothMax work only on the elements where the penalty is not
+  saturated. Its data-dependent steps, :func:`penalty_statistics` and
+  :func:`add_penalty_gradient_`, are also what :mod:`fairloss._ops` wraps for ``torch.compile``.
 """
 
 from __future__ import annotations
@@ -117,9 +119,18 @@ def fair_loss_rows_composite(
 
 
 def _cross_entropy_from_log_probs(
-    log_probs: Tensor, target: Tensor, weight: Optional[Tensor], options: FairLossOptions
+    log_probs: Tensor,
+    target: Tensor,
+    weight: Optional[Tensor],
+    options: FairLossOptions,
+    *,
+    nll: Optional[Tensor] = None,
 ) -> Tensor:
-    """``F.cross_entropy(..., reduction="none")`` given the log-probabilities, every option."""
+    """``F.cross_entropy(..., reduction="none")`` given the log-probabilities, every option.
+
+    ``nll``, for class-index targets, is ``F.nll_loss(..., reduction="none")`` when the caller
+    already has it.
+    """
     num_classes = log_probs.shape[1]
     eps = options.label_smoothing
     class_weight = None if weight is None else weight.to(log_probs.dtype)
@@ -130,9 +141,11 @@ def _cross_entropy_from_log_probs(
         smoothed = target.to(log_probs.dtype) * (1 - eps) + eps / num_classes
         weighted = smoothed if class_weight_along is None else smoothed * class_weight_along
         return -(log_probs * weighted).sum(dim=1)
-    ce = F.nll_loss(
-        log_probs, target, class_weight, ignore_index=options.ignore_index, reduction="none"
-    )
+    ce = nll
+    if ce is None:
+        ce = F.nll_loss(
+            log_probs, target, class_weight, ignore_index=options.ignore_index, reduction="none"
+        )
     if eps == 0.0:
         return ce
     weighted_log_probs = log_probs if class_weight_along is None else log_probs * class_weight_along
@@ -144,14 +157,13 @@ def _cross_entropy_from_log_probs(
 class RowStatistics(NamedTuple):
     """What the fast forward keeps for backward: per-element numbers, no tensor of the logits' size.
 
-    ``active`` (a boolean mask over elements) marks the elements whose penalty gradient is not
-    exactly zero in the compute dtype; ``smooth_max`` and ``penalty_slope`` hold, for those only
-    (in mask order), SmoothMax(z) and ``w[r] * lambda * s / 2 * sech(s * negative_gap / 2) ** 2``.
+    ``penalty_slope`` is ``w[r] * lambda * s / 2 * sech(s * negative_gap / 2) ** 2`` on the
+    elements whose penalty gradient is not exactly zero in the compute dtype, and 0 elsewhere;
+    ``smooth_max`` holds SmoothMax(z) where the slope is nonzero (0 elsewhere).
     """
 
     reference: Tensor
     valid: Tensor
-    active: Tensor
     smooth_max: Tensor
     penalty_slope: Tensor
 
@@ -159,7 +171,7 @@ class RowStatistics(NamedTuple):
 def fair_loss_rows_forward(
     logits: Tensor, target: Tensor, weight: Optional[Tensor], options: FairLossOptions
 ) -> tuple[Tensor, RowStatistics]:
-    """Per-row FairLoss without autograd, and the statistics backward needs."""
+    """Per-element FairLoss without autograd, and the statistics backward needs."""
     loss, statistics, _ = _forward(logits, target, weight, options, keep_log_probs=False)
     return loss, statistics
 
@@ -188,87 +200,118 @@ def _forward(
     *,
     keep_log_probs: bool,
 ) -> tuple[Tensor, RowStatistics, Optional[Tensor]]:
-    """Per-row FairLoss without autograd, and the statistics backward needs.
-
-    Equal to :func:`fair_loss_rows_composite`. A row whose reference logit lies below the row
-    maximum by more than ``2 * threshold / s`` has ``tanh == 1`` and ``sech**2 == 0`` in the compute
-    dtype whatever SmoothMax is (SmoothMax >= max), so SmoothMax is computed only for the others.
-    """
+    """Per-row FairLoss without autograd, the statistics backward needs, and maybe log_softmax."""
     logits = logits.to(compute_dtype(logits.dtype))
     log_probs = torch.log_softmax(logits, dim=1)
-    ce = _cross_entropy_from_log_probs(log_probs, target, weight, options)
     reference, valid = reference_class(target, options)
     reference_log_prob = log_probs.gather(1, reference.unsqueeze(1)).squeeze(1)
+    class_weight = penalty_weight(weight, reference, valid).to(logits.dtype)
+    nll = None
+    if not options.probability_target:  # the gathered log-probability saves nll_loss's gather
+        nll = torch.where(valid, -(class_weight * reference_log_prob), 0.0)
+    ce = _cross_entropy_from_log_probs(log_probs, target, weight, options, nll=nll)
     kept = log_probs if keep_log_probs else None
     del log_probs
-    class_weight = penalty_weight(weight, reference, valid).to(logits.dtype)
-    scale, lam = options.scaling_factor, options.penalty_scale
-    no_rows = logits.new_zeros(0)
-    if scale == 0.0 or lam == 0.0 or logits.numel() == 0:
-        return ce, RowStatistics(reference, valid, torch.zeros_like(valid), no_rows, no_rows), kept
-
-    row_max = logits.amax(dim=1)
-    reference_logit = logits.gather(1, reference.unsqueeze(1)).squeeze(1)
-    max_gap = row_max - reference_logit
-    beta = options.smooth_max_beta
-    unsaturated = valid & (scale * max_gap / 2 <= _saturation_threshold(logits.dtype))
-    active = _drop_clear_winners(
-        logits, row_max, reference_log_prob, unsaturated & (max_gap == 0), unsaturated, beta
+    if options.scaling_factor == 0.0 or options.penalty_scale == 0.0 or logits.numel() == 0:
+        zeros = torch.zeros_like(ce)
+        return ce, RowStatistics(reference, valid, zeros, zeros), kept
+    penalty, smooth_max, penalty_slope = penalty_statistics(
+        logits,
+        reference,
+        valid,
+        class_weight,
+        logits.amax(dim=1),
+        reference_log_prob,
+        options.smooth_max_beta,
+        options.scaling_factor,
+        options.penalty_scale,
     )
-
-    penalty = (max_gap > 0).to(ce.dtype) * lam  # saturated rows: tanh = 1; winners: 0
-    where = active.nonzero(as_tuple=True)  # one nonzero for every use below
-    log_sum = _log_sum_exp_beta(logits.movedim(1, -1)[where], row_max[where], beta)
-    negative_gap = max_gap[where] + log_sum / beta
-    half_scaled_gap = scale * negative_gap / 2
-    penalty[where] = lam * torch.tanh(half_scaled_gap)
-    decay = torch.exp(-2 * half_scaled_gap)
-    sech_squared = 4 * decay / (1 + decay) ** 2
-    penalty_slope = class_weight[where] * (lam * scale / 2) * sech_squared
-    smooth_max = row_max[where] + log_sum / beta
     loss = ce + class_weight * penalty
-    return loss, RowStatistics(reference, valid, active, smooth_max, penalty_slope), kept
+    return loss, RowStatistics(reference, valid, smooth_max, penalty_slope), kept
 
 
-def _drop_clear_winners(
+def penalty_statistics(
     logits: Tensor,
+    reference: Tensor,
+    valid: Tensor,
+    class_weight: Tensor,
     row_max: Tensor,
     reference_log_prob: Tensor,
-    winners: Tensor,
-    unsaturated: Tensor,
-    beta: float,
-) -> Tensor:
-    """The mask of elements that need SmoothMax: ``unsaturated`` minus the clear winners.
+    smooth_max_beta: float,
+    scaling_factor: float,
+    penalty_scale: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The penalty ``lambda * tanh(s * negative_gap / 2)`` per element, and what its gradient needs.
 
-    A clear winner's reference logit is the maximum and every other logit lies more than
-    ``margin = -floor / beta`` below it: each other term of ``sum exp(beta * (z - max))`` is below
-    the exp floor, so the gap is 0, the penalty 0 and its gradient 0 in the compute dtype.
-    A winner with softmax probability ``p_r > 1 / (1 + exp(-margin))`` is clear without looking
-    at its logits (any runner-up has ``p_j <= 1 - p_r < p_r * exp(-margin)``); the other winners
-    are checked logit by logit.
+    Takes the logits with the row maximum and the reference's log-probability (both per
+    element), which the caller has already computed alongside cross-entropy. Returns
+    ``(penalty, smooth_max, penalty_slope)`` as described in :class:`RowStatistics`; the penalty
+    is not yet multiplied by the class weight. Equal to :func:`fair_loss_rows_composite`'s
+    penalty, with SmoothMax computed only where it can matter:
+
+    * an element whose reference logit lies below the maximum by more than ``2 * threshold / s``
+      has ``tanh == 1`` and ``sech**2 == 0`` in the compute dtype whatever SmoothMax is
+      (SmoothMax >= max);
+    * a *clear winner* (reference logit the maximum, every other logit more than
+      ``margin = -floor / beta`` below it) has each other term of ``sum exp(beta * (z - max))``
+      below the exp floor, so its gap, penalty and gradient are 0. A winner with softmax
+      probability ``p_r > 1 / (1 + exp(-margin))`` is clear without looking at its logits (any
+      runner-up has ``p_j <= 1 - p_r < p_r * exp(-margin)``); other winners are checked on
+      their logits.
     """
+    beta, scale, lam = smooth_max_beta, scaling_factor, penalty_scale
+    max_gap = row_max - logits.gather(1, reference.unsqueeze(1)).squeeze(1)
+    penalty = max_gap.sign().mul_(lam)  # saturated elements: tanh = 1; winners (gap 0): 0
+    smooth_max = torch.zeros_like(penalty)
+    penalty_slope = torch.zeros_like(penalty)
+
     margin = -_exp_floor(logits.dtype) / beta
+    unsaturated = valid & (max_gap * (scale / 2) <= _saturation_threshold(logits.dtype))
+    winners = max_gap == 0
     confident = reference_log_prob > -math.log1p(math.exp(-margin)) + 1e-6
-    unsaturated = unsaturated & ~(winners & confident)
-    unsure = winners & ~confident
-    unsure_count = int(unsure.sum())
-    if unsure_count > 0:
-        # Sum of the logits' excess over (max - margin): the max alone contributes `margin`;
-        # a runner-up within the margin adds more (a tolerance of 1e-3 * margin admits only
-        # runners-up whose exp term is still below the floor's order of magnitude). Most rows
-        # are read in place; a few are gathered first.
-        class_last = logits.movedim(1, -1)
-        where = unsure.nonzero(as_tuple=True)
-        if unsure_count > unsure.numel() // 4:
-            threshold = (row_max - margin).unsqueeze(-1)
-            excess = (class_last - threshold).clamp_min_(0).sum(dim=-1)[where]
-        else:
-            threshold = (row_max[where] - margin).unsqueeze(-1)
-            excess = (class_last[where] - threshold).clamp_min_(0).sum(dim=-1)
-        clear = torch.zeros_like(unsure)
-        clear[where] = excess <= margin * (1 + 1e-3)
-        unsaturated = unsaturated & ~clear
-    return unsaturated
+    candidates = unsaturated & ~(winners & confident)
+    flat = candidates.reshape(-1).nonzero().squeeze(1)
+    if flat.numel() > candidates.numel() // 4:
+        # Mostly winners to check (trained logits): read the logits in place rather than
+        # gathering most of them, and keep only the elements that are not clear winners.
+        clear = winners & _runner_up_outside_margin(logits, row_max, margin)
+        flat = (candidates & ~clear).reshape(-1).nonzero().squeeze(1)
+    if flat.numel() == 0:
+        return penalty, smooth_max, penalty_slope
+
+    rows = logits.movedim(1, -1)[_element_index(flat, logits)]  # (k, C)
+    rows_max = row_max.reshape(-1)[flat]
+    rows_gap = max_gap.reshape(-1)[flat]
+    log_sum = _log_sum_exp_beta(rows, rows_max, beta)
+    half_scaled_gap = scale * (rows_gap + log_sum / beta) / 2
+    decay = torch.exp(-2 * half_scaled_gap)
+    sech_squared = 4 * decay / (1 + decay) ** 2
+    slope = class_weight.reshape(-1)[flat] * (lam * scale / 2) * sech_squared
+    slope.masked_fill_((rows_gap == 0) & _runner_up_outside_margin(rows, rows_max, margin), 0.0)
+    penalty.view(-1).index_copy_(0, flat, lam * torch.tanh(half_scaled_gap))
+    penalty_slope.view(-1).index_copy_(0, flat, slope)
+    smooth_max.view(-1).index_copy_(0, flat, rows_max + log_sum / beta)
+    return penalty, smooth_max, penalty_slope
+
+
+def _element_index(flat: Tensor, logits: Tensor) -> tuple[Tensor, ...]:
+    """Index of flat element positions into ``logits.movedim(1, -1)``: ``(row,)``/``(row, l)``."""
+    if logits.dim() == 2:
+        return (flat,)
+    positions = logits.shape[2]
+    return (flat // positions, flat % positions)
+
+
+def _runner_up_outside_margin(logits: Tensor, row_max: Tensor, margin: float) -> Tensor:
+    """Whether every logit but the maximum lies more than ``margin`` below it, per element.
+
+    The sum of the logits' excess over ``max - margin`` is ``margin`` from the maximum alone; a
+    runner-up within the margin adds more. A tolerance of ``1e-3 * margin`` admits only
+    runners-up whose exp term is still below the floor's order of magnitude.
+    """
+    threshold = (row_max - margin).unsqueeze(1)
+    excess = (logits - threshold).clamp_min_(0).sum(dim=1)
+    return excess <= margin * (1 + 1e-3)
 
 
 def fair_loss_rows_backward(
@@ -282,61 +325,103 @@ def fair_loss_rows_backward(
 ) -> Tensor:
     """Gradient of ``sum(grad_loss * rows_loss)`` w.r.t. the logits, built in one buffer.
 
-    Cross-entropy part, with ``p = softmax(z)``, ``eps`` = label smoothing, ``y'`` the smoothed
-    target distribution: ``g * ((sum_c w_c y'_c) p - w * y')``. Penalty part on active rows:
-    ``g * penalty_slope * (softmax(beta * z) - onehot(r))``. A ``softmax`` buffer of the logits,
-    when given, is overwritten with the gradient.
+    A ``softmax`` buffer of the logits, when given, is overwritten with the gradient.
     """
     logits = logits.to(compute_dtype(logits.dtype))
-    num_classes = logits.shape[1]
-    eps = options.label_smoothing
     grad_loss = grad_loss.to(logits.dtype)
-    class_weights = None if weight is None else weight.to(logits.dtype)
-    grad = torch.softmax(logits, dim=1) if softmax is None else softmax
-    if options.probability_target:
-        smoothed = target.to(logits.dtype) * (1 - eps) + eps / num_classes
-        if class_weights is not None:
-            smoothed.mul_(along_classes(class_weights, logits.dim()))
-        grad.mul_((grad_loss * smoothed.sum(dim=1)).unsqueeze(1))
-        grad.sub_(smoothed.mul_(grad_loss.unsqueeze(1)))
-    else:
-        grad_loss = torch.where(statistics.valid, grad_loss, 0.0)
-        reference = statistics.reference
-        total_weight: float | Tensor
-        if class_weights is None:
-            target_weight = torch.ones_like(grad_loss)
-            total_weight = float(num_classes)
-        else:
-            target_weight = class_weights[reference]
-            total_weight = class_weights.sum()
-        row_scale = grad_loss * ((1 - eps) * target_weight + eps * total_weight / num_classes)
-        grad.mul_(row_scale.unsqueeze(1))
-        picked = -(1 - eps) * grad_loss * target_weight
-        grad.scatter_add_(1, reference.unsqueeze(1), picked.unsqueeze(1))
-        if eps > 0:
-            smoothing_row = (
-                torch.ones(num_classes, dtype=grad.dtype, device=grad.device)
-                if class_weights is None
-                else class_weights
-            )
-            grad.addcmul_(
-                (grad_loss * (eps / num_classes)).unsqueeze(1),
-                along_classes(smoothing_row, grad.dim()),
-                value=-1,
-            )
-
-    if statistics.penalty_slope.numel() > 0:
-        where = statistics.active.nonzero(as_tuple=True)
-        slope = grad_loss[where] * statistics.penalty_slope
-        scaled = (logits.movedim(1, -1)[where] - statistics.smooth_max.unsqueeze(1)).mul_(
-            options.smooth_max_beta
-        )
-        floor = _exp_floor(logits.dtype)
-        beta_softmax = torch.threshold_(scaled.clamp_min_(floor).exp_(), math.exp(floor), 0.0)
-        penalty_grad = beta_softmax.mul_(slope.unsqueeze(1))
-        active_rows = torch.arange(slope.numel(), device=grad.device)
-        penalty_grad[active_rows, statistics.reference[where]] -= slope
-        # The active elements are distinct: gather, add, scatter back through the class-last view.
-        grad_class_last = grad.movedim(1, -1)
-        grad_class_last[where] = penalty_grad.add_(grad_class_last[where])
+    probs = torch.softmax(logits, dim=1) if softmax is None else softmax
+    grad = cross_entropy_gradient_(probs, target, weight, options, statistics.valid, grad_loss)
+    add_penalty_gradient_(
+        grad,
+        logits,
+        statistics.reference,
+        statistics.smooth_max,
+        penalty_gradient_scale(statistics, grad_loss),
+        options.smooth_max_beta,
+    )
     return grad
+
+
+def penalty_gradient_scale(statistics: RowStatistics, grad_loss: Tensor) -> Tensor:
+    """``grad_loss * penalty_slope`` per element, 0 on ignored elements."""
+    return torch.where(statistics.valid, grad_loss, 0.0) * statistics.penalty_slope
+
+
+def cross_entropy_gradient_(
+    probs: Tensor,
+    target: Tensor,
+    weight: Optional[Tensor],
+    options: FairLossOptions,
+    valid: Tensor,
+    grad_loss: Tensor,
+) -> Tensor:
+    """Cross-entropy's gradient ``g * ((sum_c w_c y'_c) p - w * y')``, written over ``probs``.
+
+    ``p = softmax(z)`` (``probs``, overwritten and returned), ``eps`` = label smoothing, ``y'``
+    the smoothed target distribution, ``g`` = ``grad_loss`` (ignored elements get 0).
+    """
+    num_classes = probs.shape[1]
+    eps = options.label_smoothing
+    class_weights = None if weight is None else weight.to(probs.dtype)
+    grad = probs
+    if options.probability_target:
+        smoothed = target.to(probs.dtype) * (1 - eps) + eps / num_classes
+        if class_weights is not None:
+            smoothed.mul_(along_classes(class_weights, probs.dim()))
+        grad.mul_((grad_loss * smoothed.sum(dim=1)).unsqueeze(1))
+        return grad.sub_(smoothed.mul_(grad_loss.unsqueeze(1)))
+
+    grad_loss = torch.where(valid, grad_loss, 0.0)
+    reference = target.masked_fill(~valid, 0)
+    total_weight: float | Tensor
+    if class_weights is None:
+        target_weight = torch.ones_like(grad_loss)
+        total_weight = float(num_classes)
+    else:
+        target_weight = class_weights[reference]
+        total_weight = class_weights.sum()
+    row_scale = grad_loss * ((1 - eps) * target_weight + eps * total_weight / num_classes)
+    grad.mul_(row_scale.unsqueeze(1))
+    picked = -(1 - eps) * grad_loss * target_weight
+    grad.scatter_add_(1, reference.unsqueeze(1), picked.unsqueeze(1))
+    if eps > 0:
+        smoothing_row = (
+            torch.ones(num_classes, dtype=grad.dtype, device=grad.device)
+            if class_weights is None
+            else class_weights
+        )
+        grad.addcmul_(
+            (grad_loss * (eps / num_classes)).unsqueeze(1),
+            along_classes(smoothing_row, grad.dim()),
+            value=-1,
+        )
+    return grad
+
+
+def add_penalty_gradient_(
+    grad: Tensor,
+    logits: Tensor,
+    reference: Tensor,
+    smooth_max: Tensor,
+    penalty_gradient_scale: Tensor,
+    smooth_max_beta: float,
+) -> None:
+    """Add the penalty's gradient ``c * (softmax(beta * z) - onehot(r))`` to ``grad`` in place.
+
+    ``c`` = ``penalty_gradient_scale`` per element; only elements with ``c != 0`` are touched,
+    and ``softmax(beta * z) = exp(beta * (z - smooth_max))`` is evaluated on those rows only.
+    """
+    flat = penalty_gradient_scale.reshape(-1).nonzero().squeeze(1)
+    if flat.numel() == 0:
+        return
+    index = _element_index(flat, logits)
+    slope = penalty_gradient_scale.reshape(-1)[flat].unsqueeze(1)
+    smooth_max_rows = smooth_max.reshape(-1)[flat].unsqueeze(1)
+    scaled = (logits.movedim(1, -1)[index] - smooth_max_rows).mul_(smooth_max_beta)
+    floor = _exp_floor(logits.dtype)
+    beta_softmax = torch.threshold_(scaled.clamp_min_(floor).exp_(), math.exp(floor), 0.0)
+    penalty_grad = beta_softmax.mul_(slope)
+    reference_column = reference.reshape(-1)[flat].unsqueeze(1)
+    penalty_grad.scatter_add_(1, reference_column, -slope)
+    # The elements are distinct: accumulating adds each row once.
+    grad.movedim(1, -1).index_put_(index, penalty_grad, accumulate=True)

@@ -32,16 +32,20 @@ def _check_real(name: str, value: object) -> float:
     return float(value)
 
 
+# Comparisons rather than math.isfinite: under torch.compile(dynamic=True) the number may be a
+# symbolic float, which comparisons accept.
+
+
 def check_positive_finite(name: str, value: object) -> float:
     number = _check_real(name, value)
-    if not (math.isfinite(number) and number > 0):
+    if not 0 < number < math.inf:
         raise ValueError(expected(name, "a finite number larger than 0", repr(value)))
     return number
 
 
 def check_non_negative_finite(name: str, value: object) -> float:
     number = _check_real(name, value)
-    if not (math.isfinite(number) and number >= 0):
+    if not 0 <= number < math.inf:
         raise ValueError(expected(name, "a finite number larger than or equal to 0", repr(value)))
     return number
 

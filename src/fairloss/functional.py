@@ -9,17 +9,14 @@ import torch
 from torch import Tensor
 
 from fairloss import _validation as validation
-from fairloss._autograd import FairLossFunction
-from fairloss._rows import FairLossOptions, compute_dtype, fair_loss_rows_composite
+from fairloss._autograd import FairLossFunction, TraceableFairLossFunction
+from fairloss._rows import FairLossOptions, compute_dtype
 
 __all__ = ["fair_loss"]
 
 
 def _is_compiling() -> bool:
-    compiler = getattr(torch, "compiler", None)
-    if compiler is not None and hasattr(compiler, "is_compiling"):
-        return bool(compiler.is_compiling())
-    return bool(torch._dynamo.is_compiling())  # torch < 2.3
+    return torch.compiler.is_compiling()
 
 
 def fair_loss(
@@ -130,10 +127,8 @@ def fair_loss(
     )
     rows, target_rows, element_shape = _as_rows(input, target, options.probability_target)
 
-    if _is_compiling():
-        element_loss = fair_loss_rows_composite(rows, target_rows, weight, options)
-    else:
-        element_loss = FairLossFunction.apply(rows, target_rows, weight, options)
+    function = TraceableFairLossFunction if _is_compiling() else FairLossFunction
+    element_loss = function.apply(rows, target_rows, weight, options)
 
     if reduction == "none":
         return element_loss.reshape(element_shape).to(input.dtype)
