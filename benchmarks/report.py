@@ -401,6 +401,7 @@ def render_markdown(
         f"| Machine | {_escape(environment.cpu_model)}, {environment.logical_cpus} logical CPUs, "
         f"{_escape(environment.system)} |",
         f"| Threads | {environment.threads} (`torch.set_num_threads`) |",
+        f"| Memory allocator | {_escape(environment.heap)} |",
         f"| torch | {environment.torch_version} |",
         f"| Python | {environment.python_version} |",
         f"| fairloss | {environment.fairloss_version} |",
@@ -437,7 +438,10 @@ def render_markdown(
         "",
         f"- Time: `torch.utils.benchmark.Timer(...).blocked_autorange(min_run_time="
         f"{settings.min_run_time:g})`, the median; each step is the loss (reduction `mean`) and "
-        "`torch.autograd.grad` of it w.r.t. the logits, so no gradient accumulates.",
+        "`torch.autograd.grad` of it w.r.t. the logits, so no gradient accumulates. The timing "
+        "process keeps freed heap memory (`benchmarks.suite.keep_freed_heap_memory`): with "
+        "glibc's defaults, whether a step page-faults its buffers back in depends on the order "
+        "of its allocations and moved one loss's time by up to 2x between otherwise equal runs.",
         "- Inputs: class-index targets drawn uniformly; random logits are `randn` (the target is "
         "rarely the argmax); trained-like logits are "
         f"`randn + {TRAINED_MARGIN:g} * onehot(target)` (the target wins most rows by a clear "

@@ -25,7 +25,7 @@ from typing import Optional
 from benchmarks import report
 from benchmarks.cases import default_grid, quick_grid
 from benchmarks.old_release import find_old_release
-from benchmarks.suite import Settings, describe_environment, run_suite
+from benchmarks.suite import Settings, describe_environment, keep_freed_heap_memory, run_suite
 
 __all__ = ["main", "parse_args"]
 
@@ -105,7 +105,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     command = shlex.join(
         ["python", "-m", "benchmarks.run", *(sys.argv[1:] if argv is None else argv)]
     )
-    environment = describe_environment(settings, command)
+    environment = describe_environment(settings, command, heap=keep_freed_heap_memory())
     results = run_suite(quick_grid() if args.quick else default_grid(), settings)
 
     report.write_csv(results, args.csv)

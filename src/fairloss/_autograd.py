@@ -18,7 +18,6 @@ from fairloss._rows import (
     fair_loss_rows_backward,
     fair_loss_rows_composite,
     fair_loss_rows_forward,
-    penalty_gradient_scale,
     penalty_weight,
     reference_class,
 )
@@ -126,15 +125,16 @@ class TraceableFairLossFunction(torch.autograd.Function):
         grad_logits = None
         if ctx.needs_input_grad[0]:
             probs = ((values - row_max) - log_normalizer).exp()
+            kept_grad = torch.where(statistics.valid, grad_loss, 0.0)  # 0 on ignored elements
             grad = cross_entropy_gradient_(
-                probs, target, weight, options, statistics.valid, grad_loss
+                probs, target, weight, options, statistics.reference, kept_grad
             )
             _ops.add_penalty_gradient_(
                 grad,
                 values,
                 statistics.reference,
                 statistics.smooth_max,
-                penalty_gradient_scale(statistics, grad_loss),
+                kept_grad * statistics.penalty_slope,
                 options.smooth_max_beta,
             )
             grad_logits = grad.to(logits.dtype)

@@ -328,23 +328,18 @@ def fair_loss_rows_backward(
     A ``softmax`` buffer of the logits, when given, is overwritten with the gradient.
     """
     logits = logits.to(compute_dtype(logits.dtype))
-    grad_loss = grad_loss.to(logits.dtype)
+    grad_loss = torch.where(statistics.valid, grad_loss.to(logits.dtype), 0.0)
     probs = torch.softmax(logits, dim=1) if softmax is None else softmax
-    grad = cross_entropy_gradient_(probs, target, weight, options, statistics.valid, grad_loss)
+    grad = cross_entropy_gradient_(probs, target, weight, options, statistics.reference, grad_loss)
     add_penalty_gradient_(
         grad,
         logits,
         statistics.reference,
         statistics.smooth_max,
-        penalty_gradient_scale(statistics, grad_loss),
+        grad_loss * statistics.penalty_slope,
         options.smooth_max_beta,
     )
     return grad
-
-
-def penalty_gradient_scale(statistics: RowStatistics, grad_loss: Tensor) -> Tensor:
-    """``grad_loss * penalty_slope`` per element, 0 on ignored elements."""
-    return torch.where(statistics.valid, grad_loss, 0.0) * statistics.penalty_slope
 
 
 def cross_entropy_gradient_(
@@ -352,13 +347,14 @@ def cross_entropy_gradient_(
     target: Tensor,
     weight: Optional[Tensor],
     options: FairLossOptions,
-    valid: Tensor,
+    reference: Tensor,
     grad_loss: Tensor,
 ) -> Tensor:
     """Cross-entropy's gradient ``g * ((sum_c w_c y'_c) p - w * y')``, written over ``probs``.
 
     ``p = softmax(z)`` (``probs``, overwritten and returned), ``eps`` = label smoothing, ``y'``
-    the smoothed target distribution, ``g`` = ``grad_loss`` (ignored elements get 0).
+    the smoothed target distribution, ``g`` = ``grad_loss``, already 0 on ignored elements;
+    ``reference`` is the target index with ignored elements pointing at class 0.
     """
     num_classes = probs.shape[1]
     eps = options.label_smoothing
@@ -371,8 +367,9 @@ def cross_entropy_gradient_(
         grad.mul_((grad_loss * smoothed.sum(dim=1)).unsqueeze(1))
         return grad.sub_(smoothed.mul_(grad_loss.unsqueeze(1)))
 
-    grad_loss = torch.where(valid, grad_loss, 0.0)
-    reference = target.masked_fill(~valid, 0)
+    if class_weights is None and eps == 0.0:  # the common case, in two passes
+        grad.mul_(grad_loss.unsqueeze(1))
+        return grad.scatter_add_(1, reference.unsqueeze(1), -grad_loss.unsqueeze(1))
     total_weight: float | Tensor
     if class_weights is None:
         target_weight = torch.ones_like(grad_loss)
@@ -423,5 +420,6 @@ def add_penalty_gradient_(
     penalty_grad = beta_softmax.mul_(slope)
     reference_column = reference.reshape(-1)[flat].unsqueeze(1)
     penalty_grad.scatter_add_(1, reference_column, -slope)
-    # The elements are distinct: accumulating adds each row once.
-    grad.movedim(1, -1).index_put_(index, penalty_grad, accumulate=True)
+    # The elements are distinct: gather, add, scatter back (cheaper than an accumulating put).
+    grad_class_last = grad.movedim(1, -1)
+    grad_class_last[index] = penalty_grad.add_(grad_class_last[index])

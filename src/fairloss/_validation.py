@@ -124,6 +124,9 @@ def check_class_indices(target: Tensor, num_classes: int, ignore_index: int) -> 
     """
     if target.device.type != "cpu" or target.numel() == 0:
         return
+    smallest, largest = (int(bound) for bound in torch.aminmax(target))
+    if 0 <= smallest and largest < num_classes:  # one pass in the common case
+        return
     out_of_range = ((target < 0) | (target >= num_classes)) & (target != ignore_index)
     if bool(out_of_range.any()):
         bad_value = int(target[out_of_range][0])
