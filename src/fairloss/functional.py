@@ -68,8 +68,10 @@ def fair_loss(
 
     Computation is in float32 for float16/bfloat16/float32 logits and in float64 for float64; the
     result has ``input``'s dtype, as with ``F.cross_entropy``. Gradients are exact (double backward
-    included), memory stays at what cross-entropy needs, and ``torch.compile(fullgraph=True)``
-    traces it without graph breaks.
+    included, in eager mode), memory stays below what cross-entropy needs, and
+    ``torch.compile(fullgraph=True)`` traces it without graph breaks (its data-dependent steps run
+    as the custom operators ``torch.ops.fairloss.penalty_statistics`` and
+    ``torch.ops.fairloss.add_penalty_gradient_``).
 
     Args:
         input (Tensor): logits, unnormalized.
