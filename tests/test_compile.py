@@ -170,10 +170,10 @@ def _statistics_arguments(shape: tuple[int, ...]) -> tuple[Any, ...]:
     reference = target.masked_fill(~valid, 0)
     class_weight = valid.to(logits.dtype)
     row_max = logits.amax(dim=1)
-    log_probs = torch.log_softmax(logits, dim=1)
-    reference_log_prob = log_probs.gather(1, reference.unsqueeze(1)).squeeze(1)
+    max_gap = row_max - logits.gather(1, reference.unsqueeze(1)).squeeze(1)
+    candidates = valid & (max_gap < 0.05)
     beta, scale, lam = 1000.0, 1000.0, 0.2
-    return (logits, reference, valid, class_weight, row_max, reference_log_prob, beta, scale, lam)
+    return (logits, reference, class_weight, row_max, max_gap, candidates, beta, scale, lam)
 
 
 @pytest.mark.parametrize("shape", [(16, 5), (4, 5, 6)], ids=["rows", "k-dim"])

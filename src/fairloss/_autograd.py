@@ -13,11 +13,13 @@ from fairloss._rows import (
     RowStatistics,
     _cross_entropy_from_log_probs,
     along_classes,
+    clear_winners,
     compute_dtype,
     cross_entropy_gradient_,
     fair_loss_rows_backward,
     fair_loss_rows_composite,
     fair_loss_rows_forward,
+    penalty_candidates,
     penalty_weight,
     reference_class,
 )
@@ -97,13 +99,20 @@ class TraceableFairLossFunction(torch.autograd.Function):
         if options.scaling_factor == 0.0 or options.penalty_scale == 0.0:
             penalty = smooth_max = penalty_slope = torch.zeros_like(ce)
         else:
+            # Everything per element stays here, where the compiler fuses it into the pass that
+            # computes the normalizer; even the clear-winner check over every logit is cheap there.
+            max_gap = -shifted.gather(1, reference.unsqueeze(1)).squeeze(1)
+            reference_log_prob = log_probs.gather(1, reference.unsqueeze(1)).squeeze(1)
+            element_max = row_max.squeeze(1)
+            candidates = penalty_candidates(max_gap, valid, reference_log_prob, options)
+            candidates &= ~clear_winners(values, element_max, max_gap, options.smooth_max_beta)
             penalty, smooth_max, penalty_slope = _ops.penalty_statistics(
                 values,
                 reference,
-                valid,
                 class_weight,
-                row_max.squeeze(1),
-                log_probs.gather(1, reference.unsqueeze(1)).squeeze(1),
+                element_max,
+                max_gap,
+                candidates,
                 options.smooth_max_beta,
                 options.scaling_factor,
                 options.penalty_scale,

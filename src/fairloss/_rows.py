@@ -215,13 +215,16 @@ def _forward(
     if options.scaling_factor == 0.0 or options.penalty_scale == 0.0 or logits.numel() == 0:
         zeros = torch.zeros_like(ce)
         return ce, RowStatistics(reference, valid, zeros, zeros), kept
+    row_max = logits.amax(dim=1)
+    max_gap = row_max - logits.gather(1, reference.unsqueeze(1)).squeeze(1)
+    candidates = penalty_candidates(max_gap, valid, reference_log_prob, options)
     penalty, smooth_max, penalty_slope = penalty_statistics(
         logits,
         reference,
-        valid,
         class_weight,
-        logits.amax(dim=1),
-        reference_log_prob,
+        row_max,
+        max_gap,
+        candidates,
         options.smooth_max_beta,
         options.scaling_factor,
         options.penalty_scale,
@@ -230,52 +233,73 @@ def _forward(
     return loss, RowStatistics(reference, valid, smooth_max, penalty_slope), kept
 
 
+def _winner_margin(dtype: torch.dtype, beta: float) -> float:
+    # A logit more than this below the maximum has its SmoothMax term under the exp floor.
+    return -_exp_floor(dtype) / beta
+
+
+def penalty_candidates(
+    max_gap: Tensor, valid: Tensor, reference_log_prob: Tensor, options: FairLossOptions
+) -> Tensor:
+    """The elements whose penalty may need SmoothMax, from per-element numbers only.
+
+    SmoothMax cannot matter for
+
+    * an element whose reference logit lies below the maximum (``max_gap``) by more than
+      ``2 * threshold / s``: it has ``tanh == 1`` and ``sech**2 == 0`` in the compute dtype
+      whatever SmoothMax is (SmoothMax >= max);
+    * a *clear winner*: the reference logit is the maximum and every other logit lies more than
+      ``margin = -floor / beta`` below it, so each other term of ``sum exp(beta * (z - max))``
+      is below the exp floor and the gap, the penalty and its gradient are 0. A winner with
+      softmax probability ``p_r > 1 / (1 + exp(-margin))`` is clear without looking at its
+      logits (any runner-up has ``p_j <= 1 - p_r < p_r * exp(-margin)``); for the other winners
+      see :func:`clear_winners`.
+    """
+    dtype = max_gap.dtype
+    margin = _winner_margin(dtype, options.smooth_max_beta)
+    saturated = max_gap * (options.scaling_factor / 2) > _saturation_threshold(dtype)
+    confident = reference_log_prob > -math.log1p(math.exp(-margin)) + 1e-6
+    return valid & ~saturated & ~((max_gap == 0) & confident)
+
+
+def clear_winners(
+    logits: Tensor, row_max: Tensor, max_gap: Tensor, smooth_max_beta: float
+) -> Tensor:
+    """The clear winners (see :func:`penalty_candidates`), checked on every logit."""
+    margin = _winner_margin(logits.dtype, smooth_max_beta)
+    return (max_gap == 0) & _runner_up_outside_margin(logits, row_max, margin)
+
+
 def penalty_statistics(
     logits: Tensor,
     reference: Tensor,
-    valid: Tensor,
     class_weight: Tensor,
     row_max: Tensor,
-    reference_log_prob: Tensor,
+    max_gap: Tensor,
+    candidates: Tensor,
     smooth_max_beta: float,
     scaling_factor: float,
     penalty_scale: float,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The penalty ``lambda * tanh(s * negative_gap / 2)`` per element, and what its gradient needs.
 
-    Takes the logits with the row maximum and the reference's log-probability (both per
-    element), which the caller has already computed alongside cross-entropy. Returns
-    ``(penalty, smooth_max, penalty_slope)`` as described in :class:`RowStatistics`; the penalty
-    is not yet multiplied by the class weight. Equal to :func:`fair_loss_rows_composite`'s
-    penalty, with SmoothMax computed only where it can matter:
-
-    * an element whose reference logit lies below the maximum by more than ``2 * threshold / s``
-      has ``tanh == 1`` and ``sech**2 == 0`` in the compute dtype whatever SmoothMax is
-      (SmoothMax >= max);
-    * a *clear winner* (reference logit the maximum, every other logit more than
-      ``margin = -floor / beta`` below it) has each other term of ``sum exp(beta * (z - max))``
-      below the exp floor, so its gap, penalty and gradient are 0. A winner with softmax
-      probability ``p_r > 1 / (1 + exp(-margin))`` is clear without looking at its logits (any
-      runner-up has ``p_j <= 1 - p_r < p_r * exp(-margin)``); other winners are checked on
-      their logits.
+    Takes the logits with per-element numbers the caller computed alongside cross-entropy: the
+    row maximum, ``max_gap = max - z[r]`` and :func:`penalty_candidates` (which a caller may
+    already have narrowed with :func:`clear_winners`). Returns ``(penalty, smooth_max,
+    penalty_slope)`` as described in :class:`RowStatistics`; the penalty is not yet multiplied by
+    the class weight. Equal to :func:`fair_loss_rows_composite`'s penalty: SmoothMax is computed
+    on the candidates only, the other elements get ``lambda`` (saturated) or 0 (clear winners).
     """
     beta, scale, lam = smooth_max_beta, scaling_factor, penalty_scale
-    max_gap = row_max - logits.gather(1, reference.unsqueeze(1)).squeeze(1)
     penalty = max_gap.sign().mul_(lam)  # saturated elements: tanh = 1; winners (gap 0): 0
     smooth_max = torch.zeros_like(penalty)
     penalty_slope = torch.zeros_like(penalty)
-
-    margin = -_exp_floor(logits.dtype) / beta
-    unsaturated = valid & (max_gap * (scale / 2) <= _saturation_threshold(logits.dtype))
-    winners = max_gap == 0
-    confident = reference_log_prob > -math.log1p(math.exp(-margin)) + 1e-6
-    candidates = unsaturated & ~(winners & confident)
     flat = candidates.reshape(-1).nonzero().squeeze(1)
     if flat.numel() > candidates.numel() // 4:
         # Mostly winners to check (trained logits): read the logits in place rather than
-        # gathering most of them, and keep only the elements that are not clear winners.
-        clear = winners & _runner_up_outside_margin(logits, row_max, margin)
-        flat = (candidates & ~clear).reshape(-1).nonzero().squeeze(1)
+        # gathering most of them, and drop the clear winners.
+        narrowed = candidates & ~clear_winners(logits, row_max, max_gap, beta)
+        flat = narrowed.reshape(-1).nonzero().squeeze(1)
     if flat.numel() == 0:
         return penalty, smooth_max, penalty_slope
 
@@ -287,6 +311,7 @@ def penalty_statistics(
     decay = torch.exp(-2 * half_scaled_gap)
     sech_squared = 4 * decay / (1 + decay) ** 2
     slope = class_weight.reshape(-1)[flat] * (lam * scale / 2) * sech_squared
+    margin = _winner_margin(logits.dtype, beta)
     slope.masked_fill_((rows_gap == 0) & _runner_up_outside_margin(rows, rows_max, margin), 0.0)
     penalty.view(-1).index_copy_(0, flat, lam * torch.tanh(half_scaled_gap))
     penalty_slope.view(-1).index_copy_(0, flat, slope)
