@@ -181,9 +181,8 @@ def test_custom_operators_pass_opcheck(shape: tuple[int, ...]) -> None:
     arguments = _statistics_arguments(shape)
     torch.library.opcheck(_ops.penalty_statistics, arguments)
     logits, reference = arguments[0], arguments[1]
-    _, smooth_max, penalty_slope = _ops.penalty_statistics(*arguments)
+    _, beta_normalizer, penalty_slope = _ops.penalty_statistics(*arguments)
     assert int((penalty_slope != 0).sum()) > 0  # the gradient operator has work to do
     grad = torch.softmax(logits, dim=1)
-    torch.library.opcheck(
-        _ops.add_penalty_gradient_, (grad, logits, reference, smooth_max, penalty_slope, 1000.0)
-    )
+    gradient_arguments = (grad, logits, reference, beta_normalizer, penalty_slope, 1000.0)
+    torch.library.opcheck(_ops.add_penalty_gradient_, gradient_arguments)

@@ -42,7 +42,9 @@ class FairLossFunction(torch.autograd.Function):
         weight: Optional[Tensor],
         options: FairLossOptions,
     ) -> Tensor:
-        loss, statistics = fair_loss_rows_forward(logits, target, weight, options)
+        loss, statistics = fair_loss_rows_forward(
+            logits, target, weight, options, keep_active_rows=True
+        )
         ctx.options = options
         ctx.save_for_backward(logits, target, weight, *statistics)
         return loss
@@ -95,9 +97,9 @@ class TraceableFairLossFunction(torch.autograd.Function):
         log_probs = shifted - log_normalizer
         ce = _cross_entropy_from_log_probs(log_probs, target, weight, options)
         reference, valid = reference_class(target, options)
-        class_weight = penalty_weight(weight, reference, valid).to(values.dtype)
+        class_weight = penalty_weight(weight, reference, valid, values.dtype)
         if options.scaling_factor == 0.0 or options.penalty_scale == 0.0:
-            penalty = smooth_max = penalty_slope = torch.zeros_like(ce)
+            penalty = beta_normalizer = penalty_slope = torch.zeros_like(ce)
         else:
             # Everything per element stays here, where the compiler fuses it into the pass that
             # computes the normalizer; even the clear-winner check over every logit is cheap there.
@@ -106,7 +108,7 @@ class TraceableFairLossFunction(torch.autograd.Function):
             element_max = row_max.squeeze(1)
             candidates = penalty_candidates(max_gap, valid, reference_log_prob, options)
             candidates &= ~clear_winners(values, element_max, max_gap, options.smooth_max_beta)
-            penalty, smooth_max, penalty_slope = _ops.penalty_statistics(
+            penalty, beta_normalizer, penalty_slope = _ops.penalty_statistics(
                 values,
                 reference,
                 class_weight,
@@ -119,31 +121,29 @@ class TraceableFairLossFunction(torch.autograd.Function):
             )
         ctx.options = options
         ctx.save_for_backward(
-            logits, target, weight, reference, valid, smooth_max, penalty_slope, row_max,
+            logits, target, weight, reference, valid, beta_normalizer, penalty_slope, row_max,
             log_normalizer,
         )  # fmt: skip
         return ce + class_weight * penalty
 
     @staticmethod
     def backward(ctx: Any, grad_loss: Tensor) -> tuple[Optional[Tensor], ...]:
-        logits, target, weight, *saved, row_max, log_normalizer = ctx.saved_tensors
+        (logits, target, weight, reference, valid, beta_normalizer, penalty_slope, row_max,
+         log_normalizer) = ctx.saved_tensors  # fmt: skip
         options: FairLossOptions = ctx.options
-        statistics = RowStatistics(*saved)
         values = logits.to(compute_dtype(logits.dtype))
         grad_loss = grad_loss.to(values.dtype)
         grad_logits = None
         if ctx.needs_input_grad[0]:
             probs = ((values - row_max) - log_normalizer).exp()
-            kept_grad = torch.where(statistics.valid, grad_loss, 0.0)  # 0 on ignored elements
-            grad = cross_entropy_gradient_(
-                probs, target, weight, options, statistics.reference, kept_grad
-            )
+            kept_grad = torch.where(valid, grad_loss, 0.0)  # 0 on ignored elements
+            grad = cross_entropy_gradient_(probs, target, weight, options, reference, kept_grad)
             _ops.add_penalty_gradient_(
                 grad,
                 values,
-                statistics.reference,
-                statistics.smooth_max,
-                kept_grad * statistics.penalty_slope,
+                reference,
+                beta_normalizer,
+                kept_grad * penalty_slope,
                 options.smooth_max_beta,
             )
             grad_logits = grad.to(logits.dtype)

@@ -64,13 +64,13 @@ def add_penalty_gradient_(
     grad: Tensor,
     logits: Tensor,
     reference: Tensor,
-    smooth_max: Tensor,
+    beta_normalizer: Tensor,
     penalty_gradient_scale: Tensor,
     smooth_max_beta: float,
 ) -> None:
     """:func:`fairloss._rows.add_penalty_gradient_` as an operator."""
     _rows.add_penalty_gradient_(
-        grad, logits, reference, smooth_max, penalty_gradient_scale, smooth_max_beta
+        grad, logits, reference, beta_normalizer, penalty_gradient_scale, smooth_max_beta
     )
 
 
@@ -79,7 +79,7 @@ def _add_penalty_gradient_fake(
     grad: Tensor,
     logits: Tensor,
     reference: Tensor,
-    smooth_max: Tensor,
+    beta_normalizer: Tensor,
     penalty_gradient_scale: Tensor,
     smooth_max_beta: float,
 ) -> None:

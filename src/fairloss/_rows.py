@@ -72,20 +72,24 @@ def reference_class(target: Tensor, options: FairLossOptions) -> tuple[Tensor, T
         reference = target.argmax(dim=1)
         return reference, torch.ones_like(reference, dtype=torch.bool)
     valid = target != options.ignore_index
-    return target.masked_fill(~valid, 0), valid
+    if options.ignore_index < 0:  # the usual -100: every valid index is >= 0 (and no masked_fill,
+        return target.clamp_min(0), valid  # which is several times slower on CPU)
+    return torch.where(valid, target, 0), valid
 
 
-def penalty_weight(weight: Optional[Tensor], reference: Tensor, valid: Tensor) -> Tensor:
-    """``w[r]`` per row (1 without class weights), 0 on ignored rows."""
+def penalty_weight(
+    weight: Optional[Tensor], reference: Tensor, valid: Tensor, dtype: torch.dtype
+) -> Tensor:
+    """``w[r]`` per element (1 without class weights) in ``dtype``, 0 on ignored elements."""
     if weight is None:
-        return valid.to(torch.get_default_dtype())
-    return weight.to(compute_dtype(weight.dtype))[reference] * valid
+        return valid.to(dtype)
+    return weight.to(compute_dtype(weight.dtype))[reference].to(dtype) * valid
 
 
-def _log_sum_exp_beta(logits: Tensor, row_max: Tensor, beta: float) -> Tensor:
-    """``log(sum_j exp(beta * (z_j - max)))`` per row of ``(k, C)`` logits, terms floored."""
+def _smooth_max_terms(logits: Tensor, row_max: Tensor, beta: float) -> Tensor:
+    """``exp(beta * (z_j - max))`` for ``(k, C)`` logits, arguments floored at the exp floor."""
     scaled = (logits - row_max.unsqueeze(1)).mul_(beta).clamp_min_(_exp_floor(logits.dtype))
-    return scaled.exp_().sum(dim=1).log_()
+    return scaled.exp_()
 
 
 def fair_loss_rows_composite(
@@ -113,7 +117,7 @@ def fair_loss_rows_composite(
     shifted_reference = shifted.gather(1, reference.unsqueeze(1)).squeeze(1)
     negative_gap = log_sum / beta - shifted_reference
     penalty = options.penalty_scale * torch.tanh(options.scaling_factor * negative_gap / 2)
-    class_weight = penalty_weight(weight, reference, valid).to(logits.dtype)
+    class_weight = penalty_weight(weight, reference, valid, logits.dtype)
     # `where`, not a product: an all-ignored "mean" divides by 0 and inf * 0 would leak NaN.
     return ce + torch.where(valid, class_weight * penalty, 0.0)
 
@@ -155,24 +159,44 @@ def _cross_entropy_from_log_probs(
 
 
 class RowStatistics(NamedTuple):
-    """What the fast forward keeps for backward: per-element numbers, no tensor of the logits' size.
+    """What the fast forward keeps for backward: per-element numbers, and the unsaturated rows.
 
     ``penalty_slope`` is ``w[r] * lambda * s / 2 * sech(s * negative_gap / 2) ** 2`` on the
     elements whose penalty gradient is not exactly zero in the compute dtype, and 0 elsewhere;
-    ``smooth_max`` holds SmoothMax(z) where the slope is nonzero (0 elsewhere).
+    ``beta_normalizer`` holds ``sum_j exp(beta * (z_j - max))`` (floored terms, as in forward)
+    where the slope is nonzero (0 elsewhere): ``softmax(beta * z)`` is those terms over it.
+
+    When forward keeps them, ``active_index`` lists the flat positions of the elements whose
+    SmoothMax it computed and ``active_beta_softmax`` their rows of ``softmax(beta * z)`` (terms
+    under the exp floor set to 0), so backward reads no logits for the penalty. They hold the
+    unsaturated elements only: nothing in the usual case, at worst (every element unsaturated)
+    as much as cross-entropy's saved log-softmax. Without them backward recomputes those rows.
     """
 
     reference: Tensor
-    valid: Tensor
-    smooth_max: Tensor
+    valid: Optional[Tensor]  # None: every element counts
+    beta_normalizer: Tensor
     penalty_slope: Tensor
+    active_index: Optional[Tensor] = None
+    active_beta_softmax: Optional[Tensor] = None
 
 
 def fair_loss_rows_forward(
-    logits: Tensor, target: Tensor, weight: Optional[Tensor], options: FairLossOptions
+    logits: Tensor,
+    target: Tensor,
+    weight: Optional[Tensor],
+    options: FairLossOptions,
+    *,
+    keep_active_rows: bool = False,
 ) -> tuple[Tensor, RowStatistics]:
-    """Per-element FairLoss without autograd, and the statistics backward needs."""
-    loss, statistics, _ = _forward(logits, target, weight, options, keep_log_probs=False)
+    """Per-element FairLoss without autograd, and the statistics backward needs.
+
+    ``keep_active_rows`` fills :class:`RowStatistics`' ``active_*`` fields (faster backward);
+    callers that hold many statistics at once (the chunked linear head) leave it off.
+    """
+    loss, statistics, _ = _forward(
+        logits, target, weight, options, keep_log_probs=False, keep_active_rows=keep_active_rows
+    )
     return loss, statistics
 
 
@@ -184,7 +208,9 @@ def fair_loss_rows_forward_backward(
     For summed losses whose gradient is wanted at once (the chunked linear path): forward's
     log-softmax buffer becomes backward's softmax in place, saving a pass and an allocation.
     """
-    loss, statistics, log_probs = _forward(logits, target, weight, options, keep_log_probs=True)
+    loss, statistics, log_probs = _forward(
+        logits, target, weight, options, keep_log_probs=True, keep_active_rows=True
+    )
     assert log_probs is not None  # kept on request
     grad = fair_loss_rows_backward(
         logits, target, weight, options, statistics, torch.ones_like(loss), log_probs.exp_()
@@ -199,26 +225,31 @@ def _forward(
     options: FairLossOptions,
     *,
     keep_log_probs: bool,
+    keep_active_rows: bool,
 ) -> tuple[Tensor, RowStatistics, Optional[Tensor]]:
     """Per-row FairLoss without autograd, the statistics backward needs, and maybe log_softmax."""
     logits = logits.to(compute_dtype(logits.dtype))
     log_probs = torch.log_softmax(logits, dim=1)
     reference, valid = reference_class(target, options)
     reference_log_prob = log_probs.gather(1, reference.unsqueeze(1)).squeeze(1)
-    class_weight = penalty_weight(weight, reference, valid).to(logits.dtype)
+    class_weight = penalty_weight(weight, reference, valid, logits.dtype)
     nll = None
+    all_valid = options.probability_target or bool(valid.all())
     if not options.probability_target:  # the gathered log-probability saves nll_loss's gather
-        nll = torch.where(valid, -(class_weight * reference_log_prob), 0.0)
+        nll = torch.mul(class_weight, reference_log_prob).neg_()
+        if not all_valid:  # 0 * -inf on an ignored element would be NaN
+            nll = torch.where(valid, nll, 0.0)
+    kept_valid = None if all_valid else valid
     ce = _cross_entropy_from_log_probs(log_probs, target, weight, options, nll=nll)
     kept = log_probs if keep_log_probs else None
     del log_probs
     if options.scaling_factor == 0.0 or options.penalty_scale == 0.0 or logits.numel() == 0:
         zeros = torch.zeros_like(ce)
-        return ce, RowStatistics(reference, valid, zeros, zeros), kept
+        return ce, RowStatistics(reference, kept_valid, zeros, zeros), kept
     row_max = logits.amax(dim=1)
     max_gap = row_max - logits.gather(1, reference.unsqueeze(1)).squeeze(1)
     candidates = penalty_candidates(max_gap, valid, reference_log_prob, options)
-    penalty, smooth_max, penalty_slope = penalty_statistics(
+    penalty, beta_normalizer, penalty_slope, active = _penalty_statistics(
         logits,
         reference,
         class_weight,
@@ -228,9 +259,11 @@ def _forward(
         options.smooth_max_beta,
         options.scaling_factor,
         options.penalty_scale,
+        keep_active_rows=keep_active_rows,
     )
-    loss = ce + class_weight * penalty
-    return loss, RowStatistics(reference, valid, smooth_max, penalty_slope), kept
+    loss = ce.addcmul_(class_weight, penalty)  # ce is this function's own tensor
+    statistics = RowStatistics(reference, kept_valid, beta_normalizer, penalty_slope, *active)
+    return loss, statistics, kept
 
 
 def _winner_margin(dtype: torch.dtype, beta: float) -> float:
@@ -257,9 +290,10 @@ def penalty_candidates(
     """
     dtype = max_gap.dtype
     margin = _winner_margin(dtype, options.smooth_max_beta)
-    saturated = max_gap * (options.scaling_factor / 2) > _saturation_threshold(dtype)
-    confident = reference_log_prob > -math.log1p(math.exp(-margin)) + 1e-6
-    return valid & ~saturated & ~((max_gap == 0) & confident)
+    unsaturated = max_gap * (options.scaling_factor / 2) <= _saturation_threshold(dtype)
+    # p_r above the bound (> 1/2) makes the reference the maximum: a clear winner.
+    unsure = reference_log_prob <= -math.log1p(math.exp(-margin)) + 1e-6
+    return valid & unsaturated & unsure
 
 
 def clear_winners(
@@ -285,14 +319,43 @@ def penalty_statistics(
 
     Takes the logits with per-element numbers the caller computed alongside cross-entropy: the
     row maximum, ``max_gap = max - z[r]`` and :func:`penalty_candidates` (which a caller may
-    already have narrowed with :func:`clear_winners`). Returns ``(penalty, smooth_max,
+    already have narrowed with :func:`clear_winners`). Returns ``(penalty, beta_normalizer,
     penalty_slope)`` as described in :class:`RowStatistics`; the penalty is not yet multiplied by
     the class weight. Equal to :func:`fair_loss_rows_composite`'s penalty: SmoothMax is computed
     on the candidates only, the other elements get ``lambda`` (saturated) or 0 (clear winners).
     """
+    penalty, beta_normalizer, penalty_slope, _ = _penalty_statistics(
+        logits,
+        reference,
+        class_weight,
+        row_max,
+        max_gap,
+        candidates,
+        smooth_max_beta,
+        scaling_factor,
+        penalty_scale,
+        keep_active_rows=False,
+    )
+    return penalty, beta_normalizer, penalty_slope
+
+
+def _penalty_statistics(
+    logits: Tensor,
+    reference: Tensor,
+    class_weight: Tensor,
+    row_max: Tensor,
+    max_gap: Tensor,
+    candidates: Tensor,
+    smooth_max_beta: float,
+    scaling_factor: float,
+    penalty_scale: float,
+    *,
+    keep_active_rows: bool,
+) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, ...]]:
+    """:func:`penalty_statistics`, and ``(active_index, active_beta_softmax)`` when kept."""
     beta, scale, lam = smooth_max_beta, scaling_factor, penalty_scale
     penalty = max_gap.sign().mul_(lam)  # saturated elements: tanh = 1; winners (gap 0): 0
-    smooth_max = torch.zeros_like(penalty)
+    beta_normalizer = torch.zeros_like(penalty)
     penalty_slope = torch.zeros_like(penalty)
     flat = candidates.reshape(-1).nonzero().squeeze(1)
     if flat.numel() > candidates.numel() // 4:
@@ -301,12 +364,14 @@ def penalty_statistics(
         narrowed = candidates & ~clear_winners(logits, row_max, max_gap, beta)
         flat = narrowed.reshape(-1).nonzero().squeeze(1)
     if flat.numel() == 0:
-        return penalty, smooth_max, penalty_slope
+        return penalty, beta_normalizer, penalty_slope, ()
 
     rows = logits.movedim(1, -1)[_element_index(flat, logits)]  # (k, C)
     rows_max = row_max.reshape(-1)[flat]
     rows_gap = max_gap.reshape(-1)[flat]
-    log_sum = _log_sum_exp_beta(rows, rows_max, beta)
+    terms = _smooth_max_terms(rows, rows_max, beta)
+    term_sum = terms.sum(dim=1)
+    log_sum = term_sum.log()
     half_scaled_gap = scale * (rows_gap + log_sum / beta) / 2
     decay = torch.exp(-2 * half_scaled_gap)
     sech_squared = 4 * decay / (1 + decay) ** 2
@@ -315,8 +380,12 @@ def penalty_statistics(
     slope.masked_fill_((rows_gap == 0) & _runner_up_outside_margin(rows, rows_max, margin), 0.0)
     penalty.view(-1).index_copy_(0, flat, lam * torch.tanh(half_scaled_gap))
     penalty_slope.view(-1).index_copy_(0, flat, slope)
-    smooth_max.view(-1).index_copy_(0, flat, rows_max + log_sum / beta)
-    return penalty, smooth_max, penalty_slope
+    beta_normalizer.view(-1).index_copy_(0, flat, term_sum)
+    if not keep_active_rows:
+        return penalty, beta_normalizer, penalty_slope, ()
+    active = (slope != 0).nonzero().squeeze(1)  # clear winners out: no gradient to add
+    beta_softmax = _beta_softmax_(terms[active], term_sum[active])
+    return penalty, beta_normalizer, penalty_slope, (flat[active], beta_softmax)
 
 
 def _element_index(flat: Tensor, logits: Tensor) -> tuple[Tensor, ...]:
@@ -353,18 +422,34 @@ def fair_loss_rows_backward(
     A ``softmax`` buffer of the logits, when given, is overwritten with the gradient.
     """
     logits = logits.to(compute_dtype(logits.dtype))
-    grad_loss = torch.where(statistics.valid, grad_loss.to(logits.dtype), 0.0)
+    grad_loss = kept_gradient(grad_loss.to(logits.dtype), statistics.valid)
     probs = torch.softmax(logits, dim=1) if softmax is None else softmax
     grad = cross_entropy_gradient_(probs, target, weight, options, statistics.reference, grad_loss)
-    add_penalty_gradient_(
-        grad,
-        logits,
-        statistics.reference,
-        statistics.smooth_max,
-        grad_loss * statistics.penalty_slope,
-        options.smooth_max_beta,
-    )
+    penalty_gradient_scale = grad_loss * statistics.penalty_slope
+    if statistics.active_index is None:
+        add_penalty_gradient_(
+            grad,
+            logits,
+            statistics.reference,
+            statistics.beta_normalizer,
+            penalty_gradient_scale,
+            options.smooth_max_beta,
+        )
+    else:
+        assert statistics.active_beta_softmax is not None  # kept together
+        _add_rows_penalty_gradient_(
+            grad,
+            statistics.reference,
+            penalty_gradient_scale,
+            statistics.active_index,
+            statistics.active_beta_softmax,
+        )
     return grad
+
+
+def kept_gradient(grad_loss: Tensor, valid: Optional[Tensor]) -> Tensor:
+    """``grad_loss`` with 0 on ignored elements (``valid`` None: there are none)."""
+    return grad_loss if valid is None else torch.where(valid, grad_loss, 0.0)
 
 
 def cross_entropy_gradient_(
@@ -424,27 +509,44 @@ def add_penalty_gradient_(
     grad: Tensor,
     logits: Tensor,
     reference: Tensor,
-    smooth_max: Tensor,
+    beta_normalizer: Tensor,
     penalty_gradient_scale: Tensor,
     smooth_max_beta: float,
 ) -> None:
     """Add the penalty's gradient ``c * (softmax(beta * z) - onehot(r))`` to ``grad`` in place.
 
     ``c`` = ``penalty_gradient_scale`` per element; only elements with ``c != 0`` are touched,
-    and ``softmax(beta * z) = exp(beta * (z - smooth_max))`` is evaluated on those rows only.
+    and ``softmax(beta * z)`` is recomputed on those rows only, exactly as forward computed it:
+    floored ``exp(beta * (z - max))`` terms over ``beta_normalizer``.
     """
     flat = penalty_gradient_scale.reshape(-1).nonzero().squeeze(1)
     if flat.numel() == 0:
         return
-    index = _element_index(flat, logits)
+    rows = logits.movedim(1, -1)[_element_index(flat, logits)]
+    terms = _smooth_max_terms(rows, rows.amax(dim=1), smooth_max_beta)
+    beta_softmax = _beta_softmax_(terms, beta_normalizer.reshape(-1)[flat])
+    _add_rows_penalty_gradient_(grad, reference, penalty_gradient_scale, flat, beta_softmax)
+
+
+def _beta_softmax_(terms: Tensor, term_sum: Tensor) -> Tensor:
+    """``softmax(beta * z)`` from the floored terms, in place; floored terms become exact zeros."""
+    floor_term = math.exp(_exp_floor(terms.dtype))
+    return torch.threshold_(terms, floor_term, 0.0).div_(term_sum.unsqueeze(1))
+
+
+def _add_rows_penalty_gradient_(
+    grad: Tensor,
+    reference: Tensor,
+    penalty_gradient_scale: Tensor,
+    flat: Tensor,
+    beta_softmax: Tensor,
+) -> None:
+    """Add ``c * (softmax(beta * z) - onehot(r))`` at the elements ``flat`` of ``grad``."""
     slope = penalty_gradient_scale.reshape(-1)[flat].unsqueeze(1)
-    smooth_max_rows = smooth_max.reshape(-1)[flat].unsqueeze(1)
-    scaled = (logits.movedim(1, -1)[index] - smooth_max_rows).mul_(smooth_max_beta)
-    floor = _exp_floor(logits.dtype)
-    beta_softmax = torch.threshold_(scaled.clamp_min_(floor).exp_(), math.exp(floor), 0.0)
-    penalty_grad = beta_softmax.mul_(slope)
+    penalty_grad = beta_softmax * slope
     reference_column = reference.reshape(-1)[flat].unsqueeze(1)
     penalty_grad.scatter_add_(1, reference_column, -slope)
     # The elements are distinct: gather, add, scatter back (cheaper than an accumulating put).
     grad_class_last = grad.movedim(1, -1)
+    index = _element_index(flat, grad)
     grad_class_last[index] = penalty_grad.add_(grad_class_last[index])
