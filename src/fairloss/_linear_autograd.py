@@ -196,7 +196,10 @@ class LinearFairLossFunction(torch.autograd.Function):
                 gradients.add_chunk(head, chunk, grad_logits)
                 del grad_logits  # before the next chunk's temporaries exist
             row_losses[chunk.positions] = loss
-            chunk_statistics.append(statistics)
+            # Kept rows of softmax(beta * z) would add up over chunks: backward recomputes them.
+            chunk_statistics.append(
+                statistics._replace(active_index=None, active_beta_softmax=None)
+            )
 
         ctx.settings = settings
         ctx.gradients = gradients

@@ -163,8 +163,8 @@ class RowStatistics(NamedTuple):
 
     ``penalty_slope`` is ``w[r] * lambda * s / 2 * sech(s * negative_gap / 2) ** 2`` on the
     elements whose penalty gradient is not exactly zero in the compute dtype, and 0 elsewhere;
-    ``beta_normalizer`` holds ``sum_j exp(beta * (z_j - max))`` (floored terms, as in forward)
-    where the slope is nonzero (0 elsewhere): ``softmax(beta * z)`` is those terms over it.
+    ``beta_normalizer`` holds ``sum_j exp(beta * (z_j - max))`` (floored terms) on the elements
+    whose SmoothMax forward computed (0 elsewhere): ``softmax(beta * z)`` is those terms over it.
 
     When forward keeps them, ``active_index`` lists the flat positions of the elements whose
     SmoothMax it computed and ``active_beta_softmax`` their rows of ``softmax(beta * z)`` (terms
@@ -419,7 +419,9 @@ def fair_loss_rows_backward(
 ) -> Tensor:
     """Gradient of ``sum(grad_loss * rows_loss)`` w.r.t. the logits, built in one buffer.
 
-    A ``softmax`` buffer of the logits, when given, is overwritten with the gradient.
+    Cross-entropy's part (:func:`cross_entropy_gradient_`) plus, on the elements with a nonzero
+    penalty slope, ``grad_loss * penalty_slope * (softmax(beta * z) - onehot(r))``. A ``softmax``
+    buffer of the logits, when given, is overwritten with the gradient.
     """
     logits = logits.to(compute_dtype(logits.dtype))
     grad_loss = kept_gradient(grad_loss.to(logits.dtype), statistics.valid)
