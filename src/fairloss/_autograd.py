@@ -29,7 +29,9 @@ class FairLossFunction(torch.autograd.Function):
     """Per-element FairLoss of ``(M, C)`` or ``(M, C, L)`` logits; saves per-element statistics.
 
     Forward returns the per-element losses in the compute dtype (float64 for float64 logits,
-    float32 otherwise). Backward rebuilds the gradient from the saved logits and statistics; when
+    float32 otherwise) and keeps, besides per-element numbers, the rows of ``softmax(beta * z)``
+    of the unsaturated elements (see :class:`fairloss._rows.RowStatistics`). Backward rebuilds the
+    gradient from the saved logits and statistics; when
     a graph of the backward is requested (double backward) it differentiates
     :func:`fairloss._rows.fair_loss_rows_composite` instead, so higher derivatives stay exact.
     """
