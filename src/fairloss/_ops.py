@@ -29,8 +29,8 @@ def penalty_statistics(
     scaling_factor: float,
     penalty_scale: float,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """:func:`fairloss._rows.penalty_statistics` as an operator."""
-    return _rows.penalty_statistics(
+    """:func:`fairloss._rows.penalty_statistics` as an operator (without the kept rows)."""
+    penalty, beta_normalizer, penalty_slope, _ = _rows.penalty_statistics(
         logits,
         reference,
         class_weight,
@@ -41,6 +41,7 @@ def penalty_statistics(
         scaling_factor,
         penalty_scale,
     )
+    return penalty, beta_normalizer, penalty_slope
 
 
 @penalty_statistics.register_fake

@@ -72,8 +72,10 @@ def reference_class(target: Tensor, options: FairLossOptions) -> tuple[Tensor, T
         reference = target.argmax(dim=1)
         return reference, torch.ones_like(reference, dtype=torch.bool)
     valid = target != options.ignore_index
-    if options.ignore_index < 0:  # the usual -100: every valid index is >= 0 (and no masked_fill,
-        return target.clamp_min(0), valid  # which is several times slower on CPU)
+    if options.ignore_index < 0:
+        # The usual -100: every valid index is >= 0, and clamp_min is several times cheaper on
+        # CPU than torch.where or masked_fill.
+        return target.clamp_min(0), valid
     return torch.where(valid, target, 0), valid
 
 
@@ -249,7 +251,7 @@ def _forward(
     row_max = logits.amax(dim=1)
     max_gap = row_max - logits.gather(1, reference.unsqueeze(1)).squeeze(1)
     candidates = penalty_candidates(max_gap, valid, reference_log_prob, options)
-    penalty, beta_normalizer, penalty_slope, active = _penalty_statistics(
+    penalty, beta_normalizer, penalty_slope, active = penalty_statistics(
         logits,
         reference,
         class_weight,
@@ -314,45 +316,20 @@ def penalty_statistics(
     smooth_max_beta: float,
     scaling_factor: float,
     penalty_scale: float,
-) -> tuple[Tensor, Tensor, Tensor]:
+    *,
+    keep_active_rows: bool = False,
+) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, ...]]:
     """The penalty ``lambda * tanh(s * negative_gap / 2)`` per element, and what its gradient needs.
 
     Takes the logits with per-element numbers the caller computed alongside cross-entropy: the
     row maximum, ``max_gap = max - z[r]`` and :func:`penalty_candidates` (which a caller may
     already have narrowed with :func:`clear_winners`). Returns ``(penalty, beta_normalizer,
-    penalty_slope)`` as described in :class:`RowStatistics`; the penalty is not yet multiplied by
-    the class weight. Equal to :func:`fair_loss_rows_composite`'s penalty: SmoothMax is computed
-    on the candidates only, the other elements get ``lambda`` (saturated) or 0 (clear winners).
+    penalty_slope, active)`` as described in :class:`RowStatistics`, with ``active`` =
+    ``(active_index, active_beta_softmax)`` when ``keep_active_rows`` (else empty); the penalty
+    is not yet multiplied by the class weight. Equal to :func:`fair_loss_rows_composite`'s
+    penalty: SmoothMax is computed on the candidates only, the other elements get ``lambda``
+    (saturated) or 0 (clear winners).
     """
-    penalty, beta_normalizer, penalty_slope, _ = _penalty_statistics(
-        logits,
-        reference,
-        class_weight,
-        row_max,
-        max_gap,
-        candidates,
-        smooth_max_beta,
-        scaling_factor,
-        penalty_scale,
-        keep_active_rows=False,
-    )
-    return penalty, beta_normalizer, penalty_slope
-
-
-def _penalty_statistics(
-    logits: Tensor,
-    reference: Tensor,
-    class_weight: Tensor,
-    row_max: Tensor,
-    max_gap: Tensor,
-    candidates: Tensor,
-    smooth_max_beta: float,
-    scaling_factor: float,
-    penalty_scale: float,
-    *,
-    keep_active_rows: bool,
-) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, ...]]:
-    """:func:`penalty_statistics`, and ``(active_index, active_beta_softmax)`` when kept."""
     beta, scale, lam = smooth_max_beta, scaling_factor, penalty_scale
     penalty = max_gap.sign().mul_(lam)  # saturated elements: tanh = 1; winners (gap 0): 0
     beta_normalizer = torch.zeros_like(penalty)
