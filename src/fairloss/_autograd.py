@@ -16,12 +16,15 @@ from fairloss._rows import (
     clear_winners,
     compute_dtype,
     cross_entropy_gradient_,
+    dense_beta_terms,
     fair_loss_rows_backward,
     fair_loss_rows_composite,
     fair_loss_rows_forward,
+    penalty_and_slope,
     penalty_candidates,
     penalty_weight,
     reference_class,
+    reference_mask,
 )
 
 
@@ -139,7 +142,10 @@ class TraceableFairLossFunction(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             probs = ((values - row_max) - log_normalizer).exp()
             kept_grad = torch.where(valid, grad_loss, 0.0)  # 0 on ignored elements
-            grad = cross_entropy_gradient_(probs, target, weight, options, reference, kept_grad)
+            at_reference = reference_mask(values, reference)
+            grad = cross_entropy_gradient_(
+                probs, target, weight, options, reference, kept_grad, at_reference
+            )
             _ops.add_penalty_gradient_(
                 grad,
                 values,
@@ -148,6 +154,80 @@ class TraceableFairLossFunction(torch.autograd.Function):
                 kept_grad * penalty_slope,
                 options.smooth_max_beta,
             )
+            grad_logits = grad.to(logits.dtype)
+        grad_target = None
+        if ctx.needs_input_grad[1]:
+            grad_target = _probability_target_grad(logits, weight, options, grad_loss)
+            grad_target = grad_target.to(target.dtype)
+        return grad_logits, grad_target, None, None
+
+
+class DenseFairLossFunction(torch.autograd.Function):
+    """:class:`TraceableFairLossFunction`'s alternative under ``torch.compile`` for few classes.
+
+    Everything is dense, with no data-dependent step: forward sums SmoothMax's terms
+    ``exp(beta * (z - max))`` over every logit in the pass that computes cross-entropy's
+    normalizer, and backward recomputes them in the pass that writes the gradient. That costs an
+    ``exp`` per logit in each pass; with few classes per element it is cheaper than leaving the
+    compiled graph for the operators of :mod:`fairloss._ops` (see
+    ``fairloss.functional.DENSE_COMPILED_MAX_CLASSES``). Saves per-element statistics only.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        logits: Tensor,
+        target: Tensor,
+        weight: Optional[Tensor],
+        options: FairLossOptions,
+    ) -> Tensor:
+        values = logits.to(compute_dtype(logits.dtype))
+        row_max = values.amax(dim=1, keepdim=True)
+        shifted = values - row_max
+        log_normalizer = shifted.exp().sum(dim=1, keepdim=True).log()
+        reference, valid = reference_class(target, options)
+        class_weight = penalty_weight(weight, reference, valid, values.dtype)
+        max_gap = -shifted.gather(1, reference.unsqueeze(1)).squeeze(1)
+        nll = None
+        if not options.probability_target:  # -log p[r] = log_normalizer + max_gap: no 2nd gather
+            nll = torch.where(valid, class_weight * (log_normalizer.squeeze(1) + max_gap), 0.0)
+        ce = _cross_entropy_from_log_probs(
+            shifted - log_normalizer, target, weight, options, nll=nll
+        )
+        beta = options.smooth_max_beta
+        beta_normalizer = dense_beta_terms(shifted, beta).sum(dim=1)
+        penalty, slope = penalty_and_slope(
+            max_gap, beta_normalizer, class_weight, beta, options.scaling_factor,
+            options.penalty_scale,
+        )  # fmt: skip
+        ctx.options = options
+        ctx.save_for_backward(
+            logits, target, weight, reference, valid, row_max, log_normalizer, slope,
+            slope / beta_normalizer,
+        )  # fmt: skip
+        return ce + class_weight * penalty
+
+    @staticmethod
+    def backward(ctx: Any, grad_loss: Tensor) -> tuple[Optional[Tensor], ...]:
+        (logits, target, weight, reference, valid, row_max, log_normalizer, slope,
+         beta_softmax_slope) = ctx.saved_tensors  # fmt: skip
+        options: FairLossOptions = ctx.options
+        values = logits.to(compute_dtype(logits.dtype))
+        grad_loss = grad_loss.to(values.dtype)
+        grad_logits = None
+        if ctx.needs_input_grad[0]:
+            shifted = values - row_max
+            probs = (shifted - log_normalizer).exp()
+            kept_grad = torch.where(valid, grad_loss, 0.0)  # 0 on ignored elements
+            at_reference = reference_mask(values, reference)
+            grad = cross_entropy_gradient_(
+                probs, target, weight, options, reference, kept_grad, at_reference
+            )
+            # The penalty's part, c * (softmax(beta * z) - onehot(r)) with c = g * slope; the
+            # division by the normalizer was done per element in forward, not per logit here.
+            beta_softmax_scale = (kept_grad * beta_softmax_slope).unsqueeze(1)
+            grad += dense_beta_terms(shifted, options.smooth_max_beta) * beta_softmax_scale
+            grad -= at_reference * (kept_grad * slope).unsqueeze(1)
             grad_logits = grad.to(logits.dtype)
         grad_target = None
         if ctx.needs_input_grad[1]:

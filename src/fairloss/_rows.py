@@ -348,14 +348,12 @@ def penalty_statistics(
     rows_gap = max_gap.reshape(-1)[flat]
     terms = _smooth_max_terms(rows, rows_max, beta)
     term_sum = terms.sum(dim=1)
-    log_sum = term_sum.log()
-    half_scaled_gap = scale * (rows_gap + log_sum / beta) / 2
-    decay = torch.exp(-2 * half_scaled_gap)
-    sech_squared = 4 * decay / (1 + decay) ** 2
-    slope = class_weight.reshape(-1)[flat] * (lam * scale / 2) * sech_squared
+    rows_penalty, slope = penalty_and_slope(
+        rows_gap, term_sum, class_weight.reshape(-1)[flat], beta, scale, lam
+    )
     margin = _winner_margin(logits.dtype, beta)
     slope.masked_fill_((rows_gap == 0) & _runner_up_outside_margin(rows, rows_max, margin), 0.0)
-    penalty.view(-1).index_copy_(0, flat, lam * torch.tanh(half_scaled_gap))
+    penalty.view(-1).index_copy_(0, flat, rows_penalty)
     penalty_slope.view(-1).index_copy_(0, flat, slope)
     beta_normalizer.view(-1).index_copy_(0, flat, term_sum)
     if not keep_active_rows:
@@ -363,6 +361,45 @@ def penalty_statistics(
     active = (slope != 0).nonzero().squeeze(1)  # clear winners out: no gradient to add
     beta_softmax = _beta_softmax_(terms[active], term_sum[active])
     return penalty, beta_normalizer, penalty_slope, (flat[active], beta_softmax)
+
+
+def penalty_and_slope(
+    max_gap: Tensor,
+    beta_normalizer: Tensor,
+    class_weight: Tensor,
+    smooth_max_beta: float,
+    scaling_factor: float,
+    penalty_scale: float,
+) -> tuple[Tensor, Tensor]:
+    """The penalty ``lambda * tanh(h)`` and its slope ``w[r] * lambda * s / 2 * sech(h) ** 2``.
+
+    ``h = s * negative_gap / 2`` with ``negative_gap = max_gap + log(beta_normalizer) / beta``;
+    ``sech(h) ** 2`` is ``4 e / (1 + e) ** 2`` with ``e = exp(-2 h)`` (``h >= 0``), which goes to
+    0 without overflow.
+
+    Most elements saturate, with ``h`` in the hundreds, and vectorized ``tanh`` and ``exp`` are
+    several times slower on such arguments (``exp`` most of all where its result is subnormal).
+    So ``tanh`` reads ``h`` capped at 20, where it rounds to 1 in float32 and float64, and
+    ``sech ** 2`` is 0 from ``h = -floor / 2`` on, where it is below ``4 exp(floor)``.
+    """
+    half_scaled_gap = scaling_factor * (max_gap + beta_normalizer.log() / smooth_max_beta) / 2
+    sech_limit = -_exp_floor(max_gap.dtype) / 2
+    decay = torch.exp(-2 * half_scaled_gap.clamp_max(sech_limit))
+    sech_squared = torch.where(half_scaled_gap < sech_limit, 4 * decay / (1 + decay) ** 2, 0.0)
+    slope = class_weight * (penalty_scale * scaling_factor / 2) * sech_squared
+    return penalty_scale * torch.tanh(half_scaled_gap.clamp_max(20.0)), slope
+
+
+def dense_beta_terms(shifted: Tensor, smooth_max_beta: float) -> Tensor:
+    """``exp(beta * (z - max))`` of every logit, 0 where the argument is under the exp floor.
+
+    ``shifted`` is ``z - max``; summed over classes (and with the floored terms counted as
+    ``exp(floor)``, which vanish in the rounding of a sum >= 1) this is SmoothMax's normalizer,
+    and over that normalizer it is ``softmax(beta * z)``, the gradient of the SmoothMax.
+    """
+    floor = _exp_floor(shifted.dtype)
+    scaled = (shifted * smooth_max_beta).clamp_min(floor)  # exp far out is slow, and unused
+    return torch.where(scaled > floor, scaled.exp(), 0.0)
 
 
 def _element_index(flat: Tensor, logits: Tensor) -> tuple[Tensor, ...]:
@@ -438,12 +475,16 @@ def cross_entropy_gradient_(
     options: FairLossOptions,
     reference: Tensor,
     grad_loss: Tensor,
+    reference_mask: Optional[Tensor] = None,
 ) -> Tensor:
     """Cross-entropy's gradient ``g * ((sum_c w_c y'_c) p - w * y')``, written over ``probs``.
 
     ``p = softmax(z)`` (``probs``, overwritten and returned), ``eps`` = label smoothing, ``y'``
     the smoothed target distribution, ``g`` = ``grad_loss``, already 0 on ignored elements;
-    ``reference`` is the target index with ignored elements pointing at class 0.
+    ``reference`` is the target index with ignored elements pointing at class 0. Given
+    ``reference_mask`` (:func:`reference_mask`), the target's term is subtracted through it
+    rather than scattered: a compiler fuses the mask into its pass over the logits, while it
+    runs a scatter as a separate kernel.
     """
     num_classes = probs.shape[1]
     eps = options.label_smoothing
@@ -458,7 +499,7 @@ def cross_entropy_gradient_(
 
     if class_weights is None and eps == 0.0:  # the common case, in two passes
         grad.mul_(grad_loss.unsqueeze(1))
-        return grad.scatter_add_(1, reference.unsqueeze(1), -grad_loss.unsqueeze(1))
+        return _subtract_at_reference_(grad, reference, grad_loss, reference_mask)
     total_weight: float | Tensor
     if class_weights is None:
         target_weight = torch.ones_like(grad_loss)
@@ -468,8 +509,7 @@ def cross_entropy_gradient_(
         total_weight = class_weights.sum()
     row_scale = grad_loss * ((1 - eps) * target_weight + eps * total_weight / num_classes)
     grad.mul_(row_scale.unsqueeze(1))
-    picked = -(1 - eps) * grad_loss * target_weight
-    grad.scatter_add_(1, reference.unsqueeze(1), picked.unsqueeze(1))
+    _subtract_at_reference_(grad, reference, (1 - eps) * grad_loss * target_weight, reference_mask)
     if eps > 0:
         smoothing_row = (
             torch.ones(num_classes, dtype=grad.dtype, device=grad.device)
@@ -482,6 +522,21 @@ def cross_entropy_gradient_(
             value=-1,
         )
     return grad
+
+
+def _subtract_at_reference_(
+    grad: Tensor, reference: Tensor, amount: Tensor, reference_mask: Optional[Tensor]
+) -> Tensor:
+    """``grad[:, reference] -= amount`` per element: scattered, or through ``reference_mask``."""
+    if reference_mask is None:
+        return grad.scatter_add_(1, reference.unsqueeze(1), -amount.unsqueeze(1))
+    return grad.sub_(reference_mask * amount.unsqueeze(1))
+
+
+def reference_mask(logits: Tensor, reference: Tensor) -> Tensor:
+    """``onehot(reference)`` along dimension 1 of ``logits``, as a boolean tensor."""
+    classes = torch.arange(logits.shape[1], device=logits.device)
+    return along_classes(classes, logits.dim()) == reference.unsqueeze(1)
 
 
 def add_penalty_gradient_(

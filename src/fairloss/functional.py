@@ -9,14 +9,34 @@ import torch
 from torch import Tensor
 
 from fairloss import _validation as validation
-from fairloss._autograd import FairLossFunction, TraceableFairLossFunction
+from fairloss._autograd import (
+    DenseFairLossFunction,
+    FairLossFunction,
+    TraceableFairLossFunction,
+)
 from fairloss._rows import FairLossOptions, compute_dtype
 
 __all__ = ["fair_loss"]
 
 
+#: Under ``torch.compile``, inputs with at most this many classes run
+#: :class:`~fairloss._autograd.DenseFairLossFunction` (one ``exp`` per logit more in each pass, no
+#: data-dependent step); larger ones :class:`~fairloss._autograd.TraceableFairLossFunction`
+#: (SmoothMax on the few unsaturated elements, through custom operators). Measured on CPU,
+#: forward+backward against compiled cross-entropy: dense 1.3x / ops 1.7x at (4096, 200), dense
+#: 1.5x / ops 1.2x at (4096, 500), even at (2, 200, 64, 64).
+DENSE_COMPILED_MAX_CLASSES = 256
+
+
 def _is_compiling() -> bool:
     return torch.compiler.is_compiling()
+
+
+def _autograd_function(num_classes: int) -> type[torch.autograd.Function]:
+    """The autograd Function that computes FairLoss under ``torch.compile``."""
+    if num_classes <= DENSE_COMPILED_MAX_CLASSES:
+        return DenseFairLossFunction
+    return TraceableFairLossFunction
 
 
 def fair_loss(
@@ -69,9 +89,10 @@ def fair_loss(
     Computation is in float32 for float16/bfloat16/float32 logits and in float64 for float64; the
     result has ``input``'s dtype, as with ``F.cross_entropy``. Gradients are exact (double backward
     included, in eager mode), memory stays below what cross-entropy needs, and
-    ``torch.compile(fullgraph=True)`` traces it without graph breaks (its data-dependent steps run
-    as the custom operators ``torch.ops.fairloss.penalty_statistics`` and
-    ``torch.ops.fairloss.add_penalty_gradient_``).
+    ``torch.compile(fullgraph=True)`` traces it without graph breaks: with at most
+    ``DENSE_COMPILED_MAX_CLASSES`` (256) classes as dense code, otherwise with its data-dependent
+    steps as the custom operators ``torch.ops.fairloss.penalty_statistics`` and
+    ``torch.ops.fairloss.add_penalty_gradient_``.
 
     Args:
         input (Tensor): logits, unnormalized.
@@ -129,7 +150,7 @@ def fair_loss(
     )
     rows, target_rows, element_shape = _as_rows(input, target, options.probability_target)
 
-    function = TraceableFairLossFunction if _is_compiling() else FairLossFunction
+    function = _autograd_function(rows.shape[1]) if _is_compiling() else FairLossFunction
     element_loss = function.apply(rows, target_rows, weight, options)
 
     if reduction == "none":
