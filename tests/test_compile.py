@@ -209,3 +209,22 @@ def test_custom_operators_pass_opcheck(shape: tuple[int, ...]) -> None:
     grad = torch.softmax(logits, dim=1)
     gradient_arguments = (grad, logits, reference, beta_normalizer, penalty_slope, 1000.0)
     torch.library.opcheck(_ops.add_penalty_gradient_, gradient_arguments)
+
+
+def test_compiled_masked_classes_match_eager(compiled_path: str) -> None:
+    # -inf logits (masked classes) give finite losses and zero gradients there, as in eager.
+    inf = float("inf")
+    logits = torch.tensor(
+        [[1.0, -inf, 0.5, -inf, 0.0], [-inf, -inf, 3.0, -inf, -inf], [0.2, 0.9, -inf, -inf, -inf]]
+    )
+    target = torch.tensor([0, 2, 0])
+
+    def loss_fn(z: Tensor, y: Tensor) -> Tensor:
+        return fair_loss(z, y, reduction="none")
+
+    (compiled_loss, compiled_grad), (eager_loss, eager_grad) = _compiled_and_eager(
+        loss_fn, logits, target
+    )
+    assert torch.isfinite(compiled_loss).all() and torch.isfinite(compiled_grad).all()
+    assert_close(compiled_loss, eager_loss, rtol=1.3e-6, atol=1e-5)
+    assert_close(compiled_grad, eager_grad, rtol=1.3e-6, atol=1e-5)
