@@ -77,9 +77,10 @@ class FairLossFunction(torch.autograd.Function):
 
 
 class TraceableFairLossFunction(torch.autograd.Function):
-    """:class:`FairLossFunction`'s counterpart under ``torch.compile``, same inputs and output.
+    """:class:`FairLossFunction`'s counterpart under ``torch.compile`` for many classes.
 
-    Its dense steps are plain PyTorch that the compiler fuses into cross-entropy's own passes over
+    Same inputs and output; used above ``fairloss.functional.DENSE_COMPILED_MAX_CLASSES``. Its
+    dense steps are plain PyTorch that the compiler fuses into cross-entropy's own passes over
     the logits (forward: row maximum, normalizer, gathers; backward: the softmax gradient from the
     saved row maximum and normalizer, one pass). The steps whose shapes depend on the data run
     through the operators of :mod:`fairloss._ops`: the penalty statistics of the unsaturated

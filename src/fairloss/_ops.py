@@ -1,5 +1,8 @@
 """FairLoss's data-dependent steps as ``torch.library`` custom ops, for ``torch.compile``.
 
+Used by :class:`fairloss._autograd.TraceableFairLossFunction`, the compiled path for inputs with
+many classes (fewer run dense, with no data-dependent step).
+
 The penalty needs SmoothMax only on the few elements where it is not saturated; finding them
 (``nonzero``) gives tensors whose size depends on the data, which a compiled graph cannot hold.
 Wrapped as opaque operators with fixed-shape outputs, these steps run eagerly inside a compiled

@@ -14,6 +14,9 @@ Two implementations of one formula live here:
   forward and backward and spends SmoothMax work only on the elements where the penalty is not
   saturated. Its data-dependent steps, :func:`penalty_statistics` and
   :func:`add_penalty_gradient_`, are also what :mod:`fairloss._ops` wraps for ``torch.compile``.
+
+The compiled paths in :mod:`fairloss._autograd` also take the dense pieces from here
+(:func:`penalty_and_slope`, :func:`dense_beta_terms`, :func:`cross_entropy_gradient_`).
 """
 
 from __future__ import annotations
@@ -393,9 +396,9 @@ def penalty_and_slope(
 def dense_beta_terms(shifted: Tensor, smooth_max_beta: float) -> Tensor:
     """``exp(beta * (z - max))`` of every logit, 0 where the argument is under the exp floor.
 
-    ``shifted`` is ``z - max``; summed over classes (and with the floored terms counted as
-    ``exp(floor)``, which vanish in the rounding of a sum >= 1) this is SmoothMax's normalizer,
-    and over that normalizer it is ``softmax(beta * z)``, the gradient of the SmoothMax.
+    ``shifted`` is ``z - max``. Summed over classes this is SmoothMax's normalizer (the
+    composite's floored terms, ``exp(floor)`` each, vanish in the rounding of a sum >= 1);
+    divided by it, ``softmax(beta * z)``, the SmoothMax's gradient.
     """
     floor = _exp_floor(shifted.dtype)
     scaled = (shifted * smooth_max_beta).clamp_min(floor)  # exp far out is slow, and unused
