@@ -71,8 +71,7 @@ class FairLossFunction(torch.autograd.Function):
             ).to(logits.dtype)
         grad_target = None
         if wants_target_grad:
-            grad_target = _probability_target_grad(logits, weight, options, grad_loss)
-            grad_target = grad_target.to(target.dtype)
+            grad_target = _probability_target_grad(logits, target, weight, options, grad_loss)
         return grad_logits, grad_target, None, None
 
 
@@ -96,10 +95,7 @@ class TraceableFairLossFunction(torch.autograd.Function):
         weight: Optional[Tensor],
         options: FairLossOptions,
     ) -> Tensor:
-        values = logits.to(compute_dtype(logits.dtype))
-        row_max = values.amax(dim=1, keepdim=True)
-        shifted = values - row_max
-        log_normalizer = shifted.exp().sum(dim=1, keepdim=True).log()
+        values, row_max, shifted, log_normalizer = _shifted_logits(logits)
         log_probs = shifted - log_normalizer
         ce = _cross_entropy_from_log_probs(log_probs, target, weight, options)
         reference, valid = reference_class(target, options)
@@ -160,8 +156,7 @@ class TraceableFairLossFunction(torch.autograd.Function):
             grad_logits = grad.to(logits.dtype)
         grad_target = None
         if ctx.needs_input_grad[1]:
-            grad_target = _probability_target_grad(logits, weight, options, grad_loss)
-            grad_target = grad_target.to(target.dtype)
+            grad_target = _probability_target_grad(logits, target, weight, options, grad_loss)
         return grad_logits, grad_target, None, None
 
 
@@ -184,10 +179,7 @@ class DenseFairLossFunction(torch.autograd.Function):
         weight: Optional[Tensor],
         options: FairLossOptions,
     ) -> Tensor:
-        values = logits.to(compute_dtype(logits.dtype))
-        row_max = values.amax(dim=1, keepdim=True)
-        shifted = values - row_max
-        log_normalizer = shifted.exp().sum(dim=1, keepdim=True).log()
+        values, row_max, shifted, log_normalizer = _shifted_logits(logits)
         reference, valid = reference_class(target, options)
         class_weight = penalty_weight(weight, reference, valid, values.dtype)
         max_gap = -shifted.gather(1, reference.unsqueeze(1)).squeeze(1)
@@ -234,8 +226,7 @@ class DenseFairLossFunction(torch.autograd.Function):
             grad_logits = grad.to(logits.dtype)
         grad_target = None
         if ctx.needs_input_grad[1]:
-            grad_target = _probability_target_grad(logits, weight, options, grad_loss)
-            grad_target = grad_target.to(target.dtype)
+            grad_target = _probability_target_grad(logits, target, weight, options, grad_loss)
         return grad_logits, grad_target, None, None
 
 
@@ -257,16 +248,33 @@ def _composite_backward(
     return grad_logits, grad_target, None, None
 
 
+def _shifted_logits(logits: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The compiled paths' shared start: ``(z, max, z - max, log sum exp(z - max))``.
+
+    ``z`` in the compute dtype; the maximum and the log-normalizer keep the class dimension
+    (size 1), ready to broadcast.
+    """
+    values = logits.to(compute_dtype(logits.dtype))
+    row_max = values.amax(dim=1, keepdim=True)
+    shifted = values - row_max
+    return values, row_max, shifted, shifted.exp().sum(dim=1, keepdim=True).log()
+
+
 def _probability_target_grad(
-    logits: Tensor, weight: Optional[Tensor], options: FairLossOptions, grad_loss: Tensor
+    logits: Tensor,
+    target: Tensor,
+    weight: Optional[Tensor],
+    options: FairLossOptions,
+    grad_loss: Tensor,
 ) -> Tensor:
     """d(element loss)/d(target) for probability targets: ``-(1 - eps) * g * w * log_softmax(z)``.
 
-    The penalty's reference class is an argmax of the target, which has no gradient.
+    The penalty's reference class is an argmax of the target, which has no gradient. Returned in
+    ``target``'s dtype.
     """
     log_probs = torch.log_softmax(logits.to(grad_loss.dtype), dim=1)
     scale = -(1 - options.label_smoothing) * grad_loss.unsqueeze(1)
     grad = log_probs.mul_(scale)
     if weight is not None:
         grad.mul_(along_classes(weight.to(grad.dtype), grad.dim()))
-    return grad
+    return grad.to(target.dtype)
