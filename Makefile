@@ -25,8 +25,9 @@ lint: setup
 	$(BIN)/ruff format --check src tests examples benchmarks docs
 	$(BIN)/mypy
 
+# The venv's bin first on PATH: torch.utils.cpp_extension runs `ninja` (from the test extra) by name.
 pytest: setup
-	$(BIN)/pytest -q
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest -q
 
 test: lint pytest
 
@@ -34,7 +35,7 @@ demo: setup
 	$(BIN)/fairloss compare
 
 bench: setup
-	$(BIN)/python -m benchmarks.run
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m benchmarks.run
 
 docs: setup
 	$(BIN)/mkdocs build --strict

@@ -3,8 +3,10 @@
 Under ``torch.compile`` fair_loss runs one of two autograd Functions, chosen by the number of
 classes: :class:`fairloss._autograd.DenseFairLossFunction` (all dense) or
 :class:`fairloss._autograd.TraceableFairLossFunction` (dense steps the compiler fuses, and the
-data-dependent steps as the custom operators of :mod:`fairloss._ops`). Every compiled test runs
-both (the ``compiled_path`` fixture moves the class threshold), comparing with the eager path
+data-dependent steps as the custom operators of :mod:`fairloss._ops`); ``(N, C, d...)`` inputs
+with enough positions run :class:`fairloss._autograd.NativeFairLossFunction` when the native
+kernel is built. Every compiled test runs each (the ``compiled_path`` fixture moves the class
+threshold and switches the kernel off for the first two), comparing with the eager path
 (itself checked against the float64 oracle elsewhere) and with the oracle directly, over the
 option combinations, layouts and logit regimes that take different branches of the penalty.
 """
@@ -26,11 +28,17 @@ from tests.reference import fair_loss_reference
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(params=["dense", "operators"])
+@pytest.fixture(params=["dense", "operators", "native"])
 def compiled_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Send every compiled call down one of the two paths, whatever its number of classes."""
-    threshold = 10**9 if request.param == "dense" else 0
-    monkeypatch.setattr(fairloss.functional, "DENSE_COMPILED_MAX_CLASSES", threshold)
+    """Send every compiled call down one path, whatever its number of classes.
+
+    ``dense`` and ``operators`` keep (N, C, d...) inputs off the native kernel; ``native`` is the
+    default dispatch, where those inputs run the kernel (when it is built).
+    """
+    if request.param != "native":
+        threshold = 10**9 if request.param == "dense" else 0
+        monkeypatch.setattr(fairloss.functional, "DENSE_COMPILED_MAX_CLASSES", threshold)
+        monkeypatch.setattr(fairloss.functional, "_native_applies", lambda *args: False)
     return str(request.param)
 
 

@@ -230,6 +230,55 @@ class DenseFairLossFunction(torch.autograd.Function):
         return grad_logits, grad_target, None, None
 
 
+class NativeFairLossFunction(torch.autograd.Function):
+    """FairLoss of ``(M, C, L)`` logits through the native kernel of :mod:`fairloss._native`.
+
+    For class-index targets without class weights or label smoothing, float32 or float64 logits
+    on CPU; eager and under ``torch.compile`` alike (the kernel runs as the operators
+    ``fairloss::kdim_forward`` and ``fairloss::kdim_backward``). Forward and backward are one
+    fused pass over the logits each; saved are per-element statistics only. Double backward
+    differentiates :func:`fairloss._rows.fair_loss_rows_composite`, as in
+    :class:`FairLossFunction`.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        logits: Tensor,
+        target: Tensor,
+        weight: Optional[Tensor],
+        options: FairLossOptions,
+    ) -> Tensor:
+        logits, target = logits.contiguous(), target.contiguous()
+        loss, *statistics = _ops.kdim_forward(
+            logits,
+            target,
+            options.ignore_index,
+            options.smooth_max_beta,
+            options.scaling_factor,
+            options.penalty_scale,
+        )
+        ctx.options = options
+        ctx.save_for_backward(logits, target, weight, *statistics)
+        return loss
+
+    @staticmethod
+    def backward(ctx: Any, grad_loss: Tensor) -> tuple[Optional[Tensor], ...]:
+        logits, target, weight, *statistics = ctx.saved_tensors
+        options: FairLossOptions = ctx.options
+        if torch.is_grad_enabled():
+            return _composite_backward(logits, target, weight, options, grad_loss, False)
+        grad_logits = _ops.kdim_backward(
+            logits,
+            target,
+            grad_loss.to(logits.dtype).contiguous(),
+            *statistics,
+            options.ignore_index,
+            options.smooth_max_beta,
+        )
+        return grad_logits, None, None, None
+
+
 def _composite_backward(
     logits: Tensor,
     target: Tensor,

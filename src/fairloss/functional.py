@@ -8,10 +8,12 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from fairloss import _native
 from fairloss import _validation as validation
 from fairloss._autograd import (
     DenseFairLossFunction,
     FairLossFunction,
+    NativeFairLossFunction,
     TraceableFairLossFunction,
 )
 from fairloss._rows import FairLossOptions, compute_dtype
@@ -37,6 +39,24 @@ def _autograd_function(num_classes: int) -> type[torch.autograd.Function]:
     if num_classes <= DENSE_COMPILED_MAX_CLASSES:
         return DenseFairLossFunction
     return TraceableFairLossFunction
+
+
+def _native_applies(rows: Tensor, weight: Optional[Tensor], options: FairLossOptions) -> bool:
+    """Whether :class:`~fairloss._autograd.NativeFairLossFunction` computes these rows.
+
+    ``(M, C, L)`` logits with at least ``_native.MIN_POSITIONS`` positions, float32 or float64 on
+    CPU, class-index targets, no class weight, no label smoothing, and the kernel built.
+    """
+    return (
+        rows.dim() == 3
+        and rows.shape[2] >= _native.MIN_POSITIONS
+        and rows.device.type == "cpu"
+        and rows.dtype in (torch.float32, torch.float64)
+        and not options.probability_target
+        and weight is None
+        and options.label_smoothing == 0.0
+        and _native.available()
+    )
 
 
 def fair_loss(
@@ -92,7 +112,13 @@ def fair_loss(
     ``torch.compile(fullgraph=True)`` traces it without graph breaks: with at most
     ``DENSE_COMPILED_MAX_CLASSES`` (256) classes as dense code, otherwise with its data-dependent
     steps as the custom operators ``torch.ops.fairloss.penalty_statistics`` and
-    ``torch.ops.fairloss.add_penalty_gradient_``.
+    ``torch.ops.fairloss.add_penalty_gradient_``. On CPU, :math:`(N, C, d_1, ..., d_K)` float32
+    or float64 logits with at least 16 positions :math:`d_1 \cdots d_K` per sample, class-index
+    targets, no ``weight`` and no ``label_smoothing`` run a native kernel, eager and compiled
+    (one fused pass over the logits forward and one backward; ``torch.ops.fairloss.kdim_forward``
+    and ``kdim_backward``). It is compiled on first use (about 20 s, then cached by
+    ``torch.utils.cpp_extension``); where it cannot be built a warning says so and the PyTorch
+    implementation runs, as it does with the environment variable ``FAIRLOSS_NATIVE=0``.
 
     Args:
         input (Tensor): logits, unnormalized.
@@ -150,7 +176,12 @@ def fair_loss(
     )
     rows, target_rows, element_shape = _as_rows(input, target, options.probability_target)
 
-    function = _autograd_function(rows.shape[1]) if _is_compiling() else FairLossFunction
+    if _native_applies(rows, weight, options):
+        function: type[torch.autograd.Function] = NativeFairLossFunction
+    elif _is_compiling():
+        function = _autograd_function(rows.shape[1])
+    else:
+        function = FairLossFunction
     element_loss = function.apply(rows, target_rows, weight, options)
 
     if reduction == "none":
