@@ -87,6 +87,8 @@ def test_the_kernel_builds_where_a_compiler_is_available() -> None:
         ((2, 5, 16), torch.ones(5), {}, False),
         ((2, 5, 16), None, {"label_smoothing": 0.1}, False),
         ((2, 5, 16), None, {"probability_target": True}, False),
+        ((2, 5, 16), None, {"scaling_factor": 1e39}, False),  # s/2 overflows float32
+        ((1, 2**24 + 1, 16), None, {}, False),  # class indices beyond float32's integers
     ],
 )
 def test_the_kernel_takes_index_targets_without_weight_or_smoothing(
@@ -96,14 +98,15 @@ def test_the_kernel_takes_index_targets_without_weight_or_smoothing(
         ignore_index=-100,
         label_smoothing=options.get("label_smoothing", 0.0),
         smooth_max_beta=1000.0,
-        scaling_factor=1000.0,
+        scaling_factor=options.get("scaling_factor", 1000.0),
         penalty_scale=0.2,
         probability_target=options.get("probability_target", False),
     )
-    applies = fairloss.functional._native_applies(torch.zeros(rows), weight, resolved)
+    logits = torch.zeros(()).expand(rows)  # only the shape, dtype and device are read
+    applies = fairloss.functional._native_applies(logits, weight, resolved)
     assert applies == (expected and _native.available())
-    half = fairloss.functional._native_applies(torch.zeros(rows, dtype=torch.half), None, resolved)
-    assert not half
+    half = torch.zeros((), dtype=torch.half).expand(rows)
+    assert not fairloss.functional._native_applies(half, None, resolved)
 
 
 @needs_kernel
@@ -190,6 +193,33 @@ def test_random_shapes_and_options_match_the_oracle(
     # it gives 2e-12 where the exact gap is 0 (a single class). Hence the absolute tolerance.
     assert_close(loss, expected, rtol=1e-9, atol=1e-9)
     assert_close(grad, expected_grad, rtol=1e-7, atol=1e-10)
+
+
+@needs_kernel
+def test_a_small_penalty_keeps_its_relative_accuracy() -> None:
+    # h = s/2 * gap is about 1e-8 here: tanh(h) must be accurate relative to itself.
+    logits = torch.zeros(1, 3, 16, dtype=torch.float64)
+    logits[0, 1], logits[0, 2] = -20.0, -300.0
+    target = torch.zeros(1, 16, dtype=torch.long)
+    options: dict[str, Any] = {"smooth_max_beta": 1.0, "scaling_factor": 1e-3}
+    loss, _ = _loss_and_grad(fair_loss, logits, target, reduction="none", **options)
+    expected = fair_loss_reference(logits, target, reduction="none", **options)
+    assert_close(loss, expected, rtol=1e-13, atol=0.0)
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_runner_up_inside_the_margin_keeps_its_gradient(dtype: torch.dtype) -> None:
+    # The runner-up's SmoothMax term exp(-17) vanishes next to 1 in the normalizer's rounding,
+    # yet it lies inside the margin (beta = 1), so the target is not a clear winner: its
+    # gradient is slope * softmax(beta * z), about 7e-6, not 0.
+    logits = torch.zeros(1, 3, 16, dtype=dtype)
+    logits[0, 1], logits[0, 2] = -17.0, -200.0
+    target = torch.zeros(1, 16, dtype=torch.long)
+    options: dict[str, Any] = {"smooth_max_beta": 1.0, "reduction": "none"}
+    _, grad = _loss_and_grad(fair_loss, logits, target, **options)
+    _, expected_grad = _loss_and_grad(fair_loss_reference, logits.double(), target, **options)
+    assert_close(grad[0, 1], expected_grad[0, 1].to(dtype), rtol=1e-5, atol=0.0)
 
 
 @needs_kernel

@@ -117,3 +117,24 @@ def test_shift_invariance(shift: float) -> None:
             z + shift, target, weight.to(dtype), reduction="none", label_smoothing=0.1
         )
         assert_close(moved, base, rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize("magnitude", [4e6, 1e7, 3e8])
+@pytest.mark.parametrize("shape", [(2, 4), (2, 4, 16)])
+def test_tied_maxima_of_large_float32_logits_keep_their_penalty(
+    magnitude: float, shape: tuple[int, ...]
+) -> None:
+    # SmoothMax's margin (0.08 at beta = 1000) is below half an ulp of these logits: tied maxima
+    # must still count as ties (loss log 4 + tanh(log 2) / 4 for four equal logits), not as a
+    # clear winner with penalty 0.
+    logits = torch.full(shape, magnitude, dtype=torch.float32, requires_grad=True)
+    target = torch.zeros((shape[0], *shape[2:]), dtype=torch.long)
+    loss = fair_loss(logits, target, reduction="none")
+    expected = fair_loss_reference(logits.detach(), target, reduction="none").float()
+    assert_close(loss, expected)
+    assert_close(loss, torch.full_like(loss, math.log(4) + math.tanh(math.log(2)) / 4))
+    (grad,) = torch.autograd.grad(loss.sum(), logits)
+    reference_logits = logits.detach().double().requires_grad_()
+    reference_loss = fair_loss_reference(reference_logits, target, reduction="none")
+    (expected_grad,) = torch.autograd.grad(reference_loss.sum(), reference_logits)
+    assert_close(grad, expected_grad.float(), rtol=1e-5, atol=1e-5)

@@ -21,7 +21,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ["DISABLE_VARIABLE", "MIN_POSITIONS", "available", "extension"]
+__all__ = ["DISABLE_VARIABLE", "MAX_CLASSES", "MIN_POSITIONS", "available", "extension"]
 
 #: Environment variable; ``0`` keeps FairLoss off the native kernel.
 DISABLE_VARIABLE = "FAIRLOSS_NATIVE"
@@ -29,6 +29,10 @@ DISABLE_VARIABLE = "FAIRLOSS_NATIVE"
 #: The kernel vectorizes over positions ``d1 * ... * dK``; with fewer than this many per sample
 #: most vector lanes would idle, and the PyTorch implementation is used instead.
 MIN_POSITIONS = 16
+
+#: Backward compares class indices as floating-point numbers, exact up to ``2**24`` in float32;
+#: inputs with more classes use the PyTorch implementation.
+MAX_CLASSES = 2**24
 
 _SOURCE = Path(__file__).parent / "csrc" / "kdim_cpu.cpp"
 

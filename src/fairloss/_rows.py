@@ -418,10 +418,12 @@ def _runner_up_outside_margin(logits: Tensor, row_max: Tensor, margin: float) ->
 
     The sum of the logits' excess over ``max - margin`` is ``margin`` from the maximum alone; a
     runner-up within the margin adds more. A tolerance of ``1e-3 * margin`` admits only
-    runners-up whose exp term is still below the floor's order of magnitude.
+    runners-up whose exp term is still below the floor's order of magnitude. The excess is
+    ``(z - max) + margin``, not ``z - (max - margin)``: where ``margin`` is below half a unit in
+    the last place of ``max`` (float32 logits of a few million), ``max - margin`` rounds to
+    ``max`` and tied maxima would look like clear winners.
     """
-    threshold = (row_max - margin).unsqueeze(1)
-    excess = (logits - threshold).clamp_min_(0).sum(dim=1)
+    excess = (logits - row_max.unsqueeze(1)).add_(margin).clamp_min_(0).sum(dim=1)
     return excess <= margin * (1 + 1e-3)
 
 

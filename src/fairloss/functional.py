@@ -45,13 +45,17 @@ def _native_applies(rows: Tensor, weight: Optional[Tensor], options: FairLossOpt
     """Whether :class:`~fairloss._autograd.NativeFairLossFunction` computes these rows.
 
     ``(M, C, L)`` logits with at least ``_native.MIN_POSITIONS`` positions, float32 or float64 on
-    CPU, class-index targets, no class weight, no label smoothing, and the kernel built.
+    CPU, class-index targets, no class weight, no label smoothing, and the kernel built. The
+    kernel compares class indices in the logits' dtype (exact up to ``2**24`` classes in float32)
+    and scales by ``scaling_factor`` in it (finite there).
     """
     return (
         rows.dim() == 3
         and rows.shape[2] >= _native.MIN_POSITIONS
         and rows.device.type == "cpu"
         and rows.dtype in (torch.float32, torch.float64)
+        and rows.shape[1] <= _native.MAX_CLASSES
+        and options.scaling_factor < torch.finfo(rows.dtype).max
         and not options.probability_target
         and weight is None
         and options.label_smoothing == 0.0

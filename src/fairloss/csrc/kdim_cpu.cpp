@@ -11,11 +11,12 @@
 // runner-up inside the margin; it is computed (a third pass over the classes, with exp only where
 // some element of the block has such a runner-up) only in blocks holding an unsaturated element
 // that has one. The penalty and its slope are those of fairloss._rows.penalty_and_slope, except
-// that tanh(h) is computed as (1 - e) / (1 + e) from the e = exp(-2h) that sech^2 needs.
+// that tanh(h) is computed from expm1(-2h).
 //
-// Backward writes g * (softmax(z) - onehot(r)) + c * softmax(beta * z) - g * slope * onehot(r)
-// in one pass, c = g * slope / S; the SmoothMax term is evaluated only in blocks where some
-// element has c != 0, and per class only where some element has a term above the floor.
+// Backward writes g * (softmax(z) - onehot(r)) + c * exp(beta * (z - max)) - g * slope * onehot(r)
+// in one pass, c = g * slope / S (so c * exp(...) = g * slope * softmax(beta * z)); the SmoothMax
+// term is evaluated only in blocks where some element has c != 0, and per class only where some
+// element has a term above the floor.
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
 #include <torch/extension.h>
@@ -121,16 +122,18 @@ void forward_kernel(const T* x, const int64_t* target, int64_t M, int64_t C, int
         const Vec<T> log_s = needs_normalizer ? S.log() / Vec<T>(beta) : zero;
         const Vec<T> h = Vec<T>(T(o.scaling_factor)) * (gap + log_s) / Vec<T>(T(2));
         const Vec<T> limit(o.sech_limit);
-        const Vec<T> decay = (Vec<T>(T(-2)) * at::vec::minimum(h, limit)).exp();
+        const Vec<T> capped = Vec<T>(T(-2)) * at::vec::minimum(h, limit);
+        const Vec<T> decay = capped.exp();
         const Vec<T> sech2 = Vec<T>::blendv(
             zero, Vec<T>(T(4)) * decay / ((one + decay) * (one + decay)), h < limit);
-        // tanh(h) = (1 - e) / (1 + e) with e = exp(-2h) from sech's decay: exact to a unit in
-        // the last place of 1 (absolute), and a vector tanh costs more than the rest here.
-        const Vec<T> tanh_h = (one - decay) / (one + decay);
+        // tanh(h) = -expm1(-2h) / (2 + expm1(-2h)): as accurate as tanh for small h, and a
+        // vector tanh costs more than the rest of this block.
+        const Vec<T> decay_m1 = capped.expm1();
+        const Vec<T> tanh_h = decay_m1.neg() / (Vec<T>(T(2)) + decay_m1);
         penalty = Vec<T>::blendv(penalty, Vec<T>(lam) * tanh_h, unsaturated);
-        // A clear winner (reference is the maximum, no runner-up inside the margin) has
+        // A clear winner (reference is the maximum, no other logit inside the margin) has
         // softmax(beta * z) = onehot(r): no gradient from the penalty.
-        const Vec<T> clear_winner = (gap == zero) & (S == one);
+        const Vec<T> clear_winner = (gap == zero) & (near == one);
         slope_v = Vec<T>::blendv(zero, Vec<T>(slope_height) * sech2, unsaturated);
         slope_v = Vec<T>::blendv(slope_v, zero, clear_winner);
       }
