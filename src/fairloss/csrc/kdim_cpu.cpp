@@ -11,7 +11,7 @@
 // runner-up inside the margin; it is computed (a third pass over the classes, with exp only where
 // some element of the block has such a runner-up) only in blocks holding an unsaturated element
 // that has one. The penalty and its slope are those of fairloss._rows.penalty_and_slope, except
-// that tanh(h) is computed from expm1(-2h).
+// that tanh(h) is computed from exp(-2h), or expm1(-2h) for small h.
 //
 // Backward writes g * (softmax(z) - onehot(r)) + c * exp(beta * (z - max)) - g * slope * onehot(r)
 // in one pass, c = g * slope / S (so c * exp(...) = g * slope * softmax(beta * z)); the SmoothMax
@@ -100,7 +100,8 @@ void forward_kernel(const T* x, const int64_t* target, int64_t M, int64_t C, int
       }
       const Vec<T> z_ref = Vec<T>::loadu(ref_lanes), valid = Vec<T>::loadu(valid_lanes);
       const Vec<T> gap = mx - z_ref;  // max - z[r] >= 0
-      const Vec<T> unsaturated = (valid > zero) & (gap * Vec<T>(half_scale) <= Vec<T>(o.saturation));
+      const Vec<T> unsaturated =
+          (valid > zero) & (gap * Vec<T>(half_scale) <= Vec<T>(o.saturation));
       const bool needs_normalizer = any_lane<T>(unsaturated & (near > one));
       Vec<T> S = Vec<T>::loadu(s_lanes);
       if (needs_normalizer) {
@@ -126,10 +127,15 @@ void forward_kernel(const T* x, const int64_t* target, int64_t M, int64_t C, int
         const Vec<T> decay = capped.exp();
         const Vec<T> sech2 = Vec<T>::blendv(
             zero, Vec<T>(T(4)) * decay / ((one + decay) * (one + decay)), h < limit);
-        // tanh(h) = -expm1(-2h) / (2 + expm1(-2h)): as accurate as tanh for small h, and a
-        // vector tanh costs more than the rest of this block.
-        const Vec<T> decay_m1 = capped.expm1();
-        const Vec<T> tanh_h = decay_m1.neg() / (Vec<T>(T(2)) + decay_m1);
+        // tanh(h) = (1 - e) / (1 + e), within 2 ulps for h >= 1/2 (a vector tanh costs more
+        // than the rest of this block); below, where 1 - e cancels, -expm1(-2h) / (2 + expm1(-2h)),
+        // only in the blocks that need it (expm1 is as slow as tanh).
+        Vec<T> tanh_h = (one - decay) / (one + decay);
+        const Vec<T> small_h = unsaturated & (h > zero) & (h < Vec<T>(T(0.5)));
+        if (any_lane<T>(small_h)) {
+          const Vec<T> decay_m1 = capped.expm1();
+          tanh_h = Vec<T>::blendv(tanh_h, decay_m1.neg() / (Vec<T>(T(2)) + decay_m1), small_h);
+        }
         penalty = Vec<T>::blendv(penalty, Vec<T>(lam) * tanh_h, unsaturated);
         // A clear winner (reference is the maximum, no other logit inside the margin) has
         // softmax(beta * z) = onehot(r): no gradient from the penalty.
