@@ -514,8 +514,7 @@ def cross_entropy_gradient_(
         total_weight = class_weights.sum()
     row_scale = grad_loss * ((1 - eps) * target_weight + eps * total_weight / num_classes)
     grad.mul_(row_scale.unsqueeze(1))
-    _subtract_at_reference_(grad, reference, (1 - eps) * grad_loss * target_weight, reference_mask)
-    if eps > 0:
+    if eps > 0:  # before the scatter: a compiler fuses it into the pass above, not after it
         smoothing_row = (
             torch.ones(num_classes, dtype=grad.dtype, device=grad.device)
             if class_weights is None
@@ -526,7 +525,9 @@ def cross_entropy_gradient_(
             along_classes(smoothing_row, grad.dim()),
             value=-1,
         )
-    return grad
+    return _subtract_at_reference_(
+        grad, reference, (1 - eps) * grad_loss * target_weight, reference_mask
+    )
 
 
 def _subtract_at_reference_(
