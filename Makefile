@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # A CPU build of torch lies on this machine's disk; a bare `torch` would pull a multi-GB CUDA build.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: setup test lint typecheck pytest demo bench docs build clean
+.PHONY: setup test lint typecheck pytest demo bench gpu-check docs build clean
 
 setup: $(STAMP)
 
@@ -25,9 +25,8 @@ lint: setup
 	$(BIN)/ruff format --check src tests examples benchmarks docs
 	$(BIN)/mypy
 
-# The venv's bin first on PATH: torch.utils.cpp_extension runs `ninja` (from the test extra) by name.
 pytest: setup
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest -q
+	$(BIN)/pytest -q
 
 test: lint pytest
 
@@ -35,7 +34,10 @@ demo: setup
 	$(BIN)/fairloss compare
 
 bench: setup
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m benchmarks.run
+	$(BIN)/python -m benchmarks.run
+
+gpu-check: setup
+	$(BIN)/python -m benchmarks.gpu_check
 
 docs: setup
 	$(BIN)/mkdocs build --strict

@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any, NamedTuple, Optional
 
 import torch
+from tests.old_release import load_old_release
 
 from benchmarks.cases import Case, make_inputs
 from benchmarks.libraries import MEMORY_LIBRARIES, NotApplicable, build_loss, forward_backward
-from benchmarks.old_release import load_old_release
 
 __all__ = ["MemoryResult", "measure_in_subprocess", "measure_peak_growth"]
 

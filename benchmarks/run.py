@@ -3,10 +3,16 @@
 Usage::
 
     python -m benchmarks.run                       # the full grid, 2 threads, about 10 minutes
-    python -m benchmarks.run --quick --no-compile  # a tiny grid in seconds (the smoke test)
+    python -m benchmarks.run --quick --no-compile  # a tiny grid in seconds
 
 It writes ``benchmarks.md``, ``benchmarks.csv`` and ``benchmark_ratio.png`` to ``--out-dir``
 (``docs/`` by default), then runs ``benchmarks.linear`` when that module exists.
+
+``tests/test_benchmarks_smoke.py`` runs this module in a subprocess with ``--quick`` and reads
+what it writes. Two options serve it: ``--linear-args`` hands more options to
+``benchmarks.linear`` (there: one method, memory only, so one short process), and ``--fail LOSS``
+makes a loss, or ``linear`` (the linear benchmark), raise in place of running, to show that a
+failure is recorded in the outputs instead of ending the run.
 """
 
 from __future__ import annotations
@@ -22,15 +28,25 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
-from benchmarks import report
-from benchmarks.cases import default_grid, quick_grid
-from benchmarks.old_release import find_old_release
-from benchmarks.suite import Settings, describe_environment, keep_freed_heap_memory, run_suite
+from tests.old_release import find_old_release
 
-__all__ = ["main", "parse_args"]
+from benchmarks import report
+from benchmarks.cases import Case, default_grid, quick_grid
+from benchmarks.libraries import LIBRARIES
+from benchmarks.suite import (
+    InjectedFailure,
+    Settings,
+    describe_environment,
+    keep_freed_heap_memory,
+    run_suite,
+)
+
+__all__ = ["check_grid", "main", "parse_args"]
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 QUICK_MIN_RUN_TIME = 0.05
+#: ``--fail linear`` makes the linear benchmark raise.
+LINEAR = "linear"
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -60,6 +76,22 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         help="seconds per Timer.blocked_autorange (default: 1.0, or 0.05 with --quick)",
     )
     parser.add_argument("--no-linear", action="store_true", help="skip benchmarks.linear")
+    parser.add_argument(
+        "--linear-args",
+        default="",
+        metavar="OPTIONS",
+        help="more options for benchmarks.linear, in one string, after those this command "
+        "passes on (e.g. --linear-args='--vocab 32000 --no-accuracy')",
+    )
+    parser.add_argument(
+        "--fail",
+        action="append",
+        default=[],
+        choices=(*LIBRARIES, LINEAR),
+        metavar="LOSS",
+        help="make LOSS raise in place of running, to check that a failure is recorded, not "
+        f"raised (repeatable): one of {', '.join(LIBRARIES)}, or {LINEAR} (benchmarks.linear)",
+    )
     args = parser.parse_args(argv)
     if args.threads < 1:
         parser.error(f"Expected argument `--threads` to be at least 1, but got {args.threads}.")
@@ -72,6 +104,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args.markdown = args.markdown or args.out_dir / "benchmarks.md"
     args.csv = args.csv or args.out_dir / "benchmarks.csv"
     args.plot = args.plot or args.out_dir / "benchmark_ratio.png"
+    try:
+        args.linear_args = shlex.split(args.linear_args)
+    except ValueError as error:
+        parser.error(f"Expected argument `--linear-args` to split as a shell line: {error}.")
     return args
 
 
@@ -82,7 +118,10 @@ def _linear_section(args: argparse.Namespace) -> tuple[Optional[str], bool]:
     linear_argv = ["--threads", str(args.threads), "--out-dir", str(args.out_dir)]
     linear_argv += ["--min-run-time", f"{args.min_run_time:g}"]
     linear_argv += ["--quick"] * args.quick + ["--no-compile"] * args.no_compile
+    linear_argv += args.linear_args
     try:
+        if LINEAR in args.fail:
+            raise InjectedFailure(f"benchmarks.linear fails on purpose (--fail {LINEAR})")
         linear = importlib.import_module("benchmarks.linear")
         section = linear.main(linear_argv)
     except Exception:  # its failure must not lose the results above
@@ -91,8 +130,25 @@ def _linear_section(args: argparse.Namespace) -> tuple[Optional[str], bool]:
     return (section if isinstance(section, str) else None), False
 
 
+def check_grid(grid: Sequence[Case], *, goals: bool) -> None:
+    """Refuse a grid before measuring it: repeated case names, or a goal's case missing.
+
+    Repeated names would merge rows of the report; with ``goals``, a case of issue 3's goals
+    missing from the grid would drop the goal's line from the report without a word.
+    """
+    names = [case.name for case in grid]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"Expected the grid's case names to be unique, but {repeated} repeat.")
+    missing = sorted({goal.case for goal in report.GOALS} - set(names)) if goals else []
+    if missing:
+        raise ValueError(f"Expected the grid to hold every goal's case, but {missing} are missing.")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    grid = quick_grid() if args.quick else default_grid()
+    check_grid(grid, goals=not args.quick)
     old_path = None if args.no_old else find_old_release(args.old_path)
     if old_path is None and not args.no_old:
         print("[bench] pytorch-fairloss 0.1.1 not found: its rows are skipped", file=sys.stderr)
@@ -101,12 +157,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         min_run_time=args.min_run_time,
         compile=not args.no_compile,
         old_path=old_path,
+        fail=frozenset(args.fail) - {LINEAR},
     )
     command = shlex.join(
         ["python", "-m", "benchmarks.run", *(sys.argv[1:] if argv is None else argv)]
     )
     environment = describe_environment(settings, command, heap=keep_freed_heap_memory())
-    results = run_suite(quick_grid() if args.quick else default_grid(), settings)
+    results = run_suite(grid, settings)
 
     report.write_csv(results, args.csv)
     plot = None

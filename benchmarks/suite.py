@@ -16,6 +16,7 @@ from types import ModuleType
 from typing import Callable, Optional
 
 import torch
+from tests.old_release import load_old_release, old_release_version
 from torch.utils.benchmark import Timer
 
 import fairloss
@@ -35,10 +36,10 @@ from benchmarks.libraries import (
     build_loss,
     forward_backward,
 )
-from benchmarks.old_release import load_old_release, old_release_version
 
 __all__ = [
     "Environment",
+    "InjectedFailure",
     "Result",
     "Settings",
     "describe_environment",
@@ -64,6 +65,16 @@ class Settings:
     min_run_time: float = 1.0
     compile: bool = True
     old_path: Optional[Path] = None
+    #: Losses that raise :class:`InjectedFailure` in place of running (``--fail``).
+    fail: frozenset[str] = frozenset()
+
+
+class InjectedFailure(RuntimeError):
+    """Raised in place of a loss named by ``--fail``: a failure on demand, for the smoke test."""
+
+
+def _injected_failure(library: str) -> InjectedFailure:
+    return InjectedFailure(f"{LABELS[library]} fails on purpose (--fail {library})")
 
 
 @dataclass
@@ -218,9 +229,12 @@ def _time_case(
         if result.library in COMPILED and not settings.compile:
             result.time_status = "skipped: --no-compile"
             continue
-        if result.library in COMPILED:
-            torch._dynamo.reset()  # a fresh cache per case: no recompile limit, no dynamic shapes
         try:
+            if result.library in settings.fail:
+                raise _injected_failure(result.library)
+            if result.library in COMPILED:
+                # A fresh cache per case: no recompile limit, no dynamic shapes.
+                torch._dynamo.reset()
             loss_fn = build_loss(result.library, case, inputs, old_release)
             value = loss_fn(inputs.logits, inputs.target).detach().item()  # compiles here
             forward_backward(loss_fn, inputs.logits, inputs.target)
@@ -247,6 +261,9 @@ def _measure_memory(results: list[Result], settings: Settings) -> None:
     pending = []
     for result in results:
         if not result.case.memory or result.library not in MEMORY_LIBRARIES:
+            continue
+        if result.library in settings.fail:
+            result.memory_status = f"failed: {_reason(_injected_failure(result.library))}"
             continue
         if result.library == OLD_RELEASE and settings.old_path is None:
             result.memory_status = "n/a: 0.1.1 not found"

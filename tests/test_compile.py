@@ -1,14 +1,12 @@
 """torch.compile(fullgraph=True) traces fair_loss without graph breaks and matches eager.
 
-Under ``torch.compile`` fair_loss runs one of two autograd Functions, chosen by the number of
-classes: :class:`fairloss._autograd.DenseFairLossFunction` (all dense) or
-:class:`fairloss._autograd.TraceableFairLossFunction` (dense steps the compiler fuses, and the
-data-dependent steps as the custom operators of :mod:`fairloss._ops`); ``(N, C, d...)`` inputs
-with enough positions run :class:`fairloss._autograd.NativeFairLossFunction` when the native
-kernel is built. Every compiled test runs each (the ``compiled_path`` fixture moves the class
-threshold and switches the kernel off for the first two), comparing with the eager path
-(itself checked against the float64 oracle elsewhere) and with the oracle directly, over the
-option combinations, layouts and logit regimes that take different branches of the penalty.
+Under ``torch.compile`` on CPU, ``fair_loss`` runs one of two implementations, chosen by
+``fairloss._impl.select`` from the number of classes: ``"dense"`` (no data-dependent step) or
+``"sparse"`` (dense steps the compiler fuses, the data-dependent ones as custom operators).
+Every compiled test runs each (the ``compiled_path`` fixture passes ``impl=``), comparing with
+the same implementation eagerly (itself checked against the float64 oracle elsewhere) and with
+the oracle directly, over the option combinations, layouts and logit regimes that take
+different branches of the penalty.
 """
 
 from __future__ import annotations
@@ -20,32 +18,34 @@ import torch
 from torch import Tensor
 from torch.testing import assert_close
 
-import fairloss.functional
-from fairloss import FairLoss, _ops, fair_loss
-from fairloss._autograd import DenseFairLossFunction, TraceableFairLossFunction
+from fairloss import FairLoss, _impl, fair_loss
+from fairloss._impl import sparse_compiled
 from tests.reference import fair_loss_reference
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(params=["dense", "operators", "native"])
-def compiled_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Send every compiled call down one path, whatever its number of classes.
-
-    ``dense`` and ``operators`` keep (N, C, d...) inputs off the native kernel; ``native`` is the
-    default dispatch, where those inputs run the kernel (when it is built).
-    """
-    if request.param != "native":
-        threshold = 10**9 if request.param == "dense" else 0
-        monkeypatch.setattr(fairloss.functional, "DENSE_COMPILED_MAX_CLASSES", threshold)
-        monkeypatch.setattr(fairloss.functional, "_native_applies", lambda *args: False)
+@pytest.fixture(params=["dense", "sparse"])
+def compiled_path(request: pytest.FixtureRequest) -> str:
+    """The ``impl`` every compiled call of a test passes, whatever its number of classes."""
     return str(request.param)
 
 
 def test_the_compiled_path_follows_the_number_of_classes() -> None:
-    limit = fairloss.functional.DENSE_COMPILED_MAX_CLASSES
-    assert fairloss.functional._autograd_function(limit) is DenseFairLossFunction
-    assert fairloss.functional._autograd_function(limit + 1) is TraceableFairLossFunction
+    limit = _impl.DENSE_COMPILED_MAX_CLASSES
+    cpu, meta = torch.device("cpu"), torch.device("meta")
+
+    def select(impl: str, device: torch.device, num_classes: int, compiling: bool) -> Any:
+        return _impl.select(impl, device=device, num_classes=num_classes, compiling=compiling)
+
+    assert select("auto", cpu, limit, True) is _impl.dense.IMPLEMENTATION
+    assert select("auto", cpu, limit + 1, True) is sparse_compiled.IMPLEMENTATION
+    assert select("auto", cpu, limit + 1, False) is _impl.sparse.IMPLEMENTATION
+    assert select("auto", meta, limit + 1, True) is _impl.dense.IMPLEMENTATION
+    assert select("auto", meta, 3, False) is _impl.dense.IMPLEMENTATION
+    assert select("auto", cpu, 0, False) is None  # no classes: the composite
+    assert select("composite", cpu, 5, True) is None
+    assert select("sparse", cpu, 5, True) is sparse_compiled.IMPLEMENTATION
 
 
 def _logits(shape: tuple[int, ...], regime: str, target: Tensor, seed: int) -> Tensor:
@@ -139,7 +139,7 @@ def test_compiled_matches_eager_and_the_oracle(
         weight = weight.to(dtype)
 
     def loss_fn(z: Tensor, y: Tensor) -> Tensor:
-        return fair_loss(z, y, weight, reduction=reduction, **keywords)
+        return fair_loss(z, y, weight, reduction=reduction, impl=compiled_path, **keywords)
 
     (compiled_loss, compiled_grad), (eager_loss, eager_grad) = _compiled_and_eager(
         loss_fn, logits, target
@@ -169,7 +169,8 @@ def test_compiled_probability_target_gradient_matches_eager(compiled_path: str) 
 
     def target_grad(function: Callable[..., Tensor]) -> Tensor:
         leaf = target.clone().requires_grad_()
-        (grad,) = torch.autograd.grad(function(logits, leaf, label_smoothing=0.1), leaf)
+        loss = function(logits, leaf, label_smoothing=0.1, impl=compiled_path)
+        (grad,) = torch.autograd.grad(loss, leaf)
         return grad
 
     torch._dynamo.reset()
@@ -184,10 +185,11 @@ def test_compiled_with_dynamic_shapes_follows_the_batch(compiled_path: str) -> N
         generator = torch.Generator().manual_seed(batch)
         logits = torch.randn(batch, 6, generator=generator) * 0.02
         target = torch.randint(0, 6, (batch,), generator=generator)
-        assert_close(compiled(logits, target), fair_loss(logits, target))
+        expected = fair_loss(logits, target, impl=compiled_path)
+        assert_close(compiled(logits, target, impl=compiled_path), expected)
 
 
-def test_module_compiles_with_probability_targets(compiled_path: str) -> None:
+def test_module_compiles_with_probability_targets() -> None:
     torch._dynamo.reset()
     criterion = FairLoss(reduction="none")
     logits = torch.randn(4, 3, 2)
@@ -213,13 +215,13 @@ def _statistics_arguments(shape: tuple[int, ...]) -> tuple[Any, ...]:
 @pytest.mark.parametrize("shape", [(16, 5), (4, 5, 6)], ids=["rows", "k-dim"])
 def test_custom_operators_pass_opcheck(shape: tuple[int, ...]) -> None:
     arguments = _statistics_arguments(shape)
-    torch.library.opcheck(_ops.penalty_statistics, arguments)
+    torch.library.opcheck(sparse_compiled.penalty_statistics, arguments)
     logits, reference = arguments[0], arguments[1]
-    _, beta_normalizer, penalty_slope = _ops.penalty_statistics(*arguments)
+    _, beta_normalizer, penalty_slope = sparse_compiled.penalty_statistics(*arguments)
     assert int((penalty_slope != 0).sum()) > 0  # the gradient operator has work to do
     grad = torch.softmax(logits, dim=1)
     gradient_arguments = (grad, logits, reference, beta_normalizer, penalty_slope, 1000.0)
-    torch.library.opcheck(_ops.add_penalty_gradient_, gradient_arguments)
+    torch.library.opcheck(sparse_compiled.add_penalty_gradient_, gradient_arguments)
 
 
 def test_compiled_masked_classes_match_eager(compiled_path: str) -> None:
@@ -231,7 +233,7 @@ def test_compiled_masked_classes_match_eager(compiled_path: str) -> None:
     target = torch.tensor([0, 2, 0])
 
     def loss_fn(z: Tensor, y: Tensor) -> Tensor:
-        return fair_loss(z, y, reduction="none")
+        return fair_loss(z, y, reduction="none", impl=compiled_path)
 
     (compiled_loss, compiled_grad), (eager_loss, eager_grad) = _compiled_and_eager(
         loss_fn, logits, target
@@ -239,3 +241,19 @@ def test_compiled_masked_classes_match_eager(compiled_path: str) -> None:
     assert torch.isfinite(compiled_loss).all() and torch.isfinite(compiled_grad).all()
     assert_close(compiled_loss, eager_loss, rtol=1.3e-6, atol=1e-5)
     assert_close(compiled_grad, eager_grad, rtol=1.3e-6, atol=1e-5)
+
+
+def test_compiled_negative_target_raises_like_cross_entropy(compiled_path: str) -> None:
+    # -1 is not the default ignore_index -100: an out-of-range class, which cross-entropy
+    # rejects (eagerly and compiled); it must not become class 0. (With a few hundred classes
+    # Inductor's CPU bounds check fires inside a parallel loop and aborts the process, for
+    # compiled F.cross_entropy as for FairLoss: torch 2.13's behaviour, not tested here.)
+    logits = torch.randn(4, 5)
+    target = torch.tensor([0, -1, 2, 1])
+    torch._dynamo.reset()
+    compiled_cross_entropy = torch.compile(torch.nn.functional.cross_entropy, fullgraph=True)
+    with pytest.raises((RuntimeError, IndexError)):
+        compiled_cross_entropy(logits, target)
+    compiled = torch.compile(fair_loss, fullgraph=True)
+    with pytest.raises((RuntimeError, IndexError), match="out of bounds"):
+        compiled(logits, target, impl=compiled_path)

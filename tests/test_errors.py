@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from torch.testing import assert_close
 
 from fairloss import FairLoss, fair_loss
 
@@ -97,3 +98,40 @@ def test_bad_input_and_weight() -> None:
         fair_loss(LOGITS, TARGET, torch.ones(3))
     with pytest.raises(TypeError, match=r"`weight` to be a floating point tensor"):
         fair_loss(LOGITS, TARGET, torch.ones(4, dtype=torch.long))
+
+
+def test_unknown_implementation_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"`impl` to be one of \('auto', 'sparse', 'dense'"):
+        fair_loss(LOGITS, TARGET, impl="fast")
+
+
+def test_class_weight_that_requires_grad_raises_like_cross_entropy() -> None:
+    weight = torch.rand(4, requires_grad=True)
+    with pytest.raises(RuntimeError):  # what F.cross_entropy does with such a weight
+        torch.nn.functional.cross_entropy(LOGITS, TARGET, weight)
+    with pytest.raises(RuntimeError, match=r"`weight` to be a tensor that does not require grad"):
+        fair_loss(LOGITS, TARGET, weight)
+    with torch.no_grad():  # evaluation with such a weight is fine, as with cross-entropy
+        expected = fair_loss(LOGITS, TARGET, weight.detach())
+        assert torch.equal(fair_loss(LOGITS, TARGET, weight), expected)
+
+
+def test_probability_targets_refuse_an_ignore_index_like_cross_entropy() -> None:
+    probabilities = torch.softmax(torch.randn(3, 4), dim=1)
+    with pytest.raises(RuntimeError, match="ignore_index"):
+        torch.nn.functional.cross_entropy(LOGITS, probabilities, ignore_index=1)
+    with pytest.raises(ValueError, match=r"`ignore_index` to be -100 .* but got 1\."):
+        fair_loss(LOGITS, probabilities, ignore_index=1)
+
+
+def test_no_classes_follow_cross_entropy() -> None:
+    empty = torch.empty(0, 0)
+    no_index = torch.empty(0, dtype=torch.long)
+    for reduction in ("none", "mean", "sum"):
+        expected = torch.nn.functional.cross_entropy(empty, no_index, reduction=reduction)
+        assert_close(fair_loss(empty, no_index, reduction=reduction), expected, equal_nan=True)
+    ignored = torch.full((3,), -100)
+    expected = torch.nn.functional.cross_entropy(torch.empty(3, 0), ignored, reduction="none")
+    assert torch.equal(fair_loss(torch.empty(3, 0), ignored, reduction="none"), expected)
+    with pytest.raises(ValueError, match=r"class indices in \[0, 0\)"):
+        fair_loss(torch.empty(3, 0), torch.zeros(3, dtype=torch.long))

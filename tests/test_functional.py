@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -12,24 +13,38 @@ from hypothesis import strategies as st
 from torch.testing import assert_close
 
 from fairloss import fair_loss
+from tests.devices import DEVICES, IMPLEMENTATIONS
 from tests.reference import fair_loss_reference, seed_penalty
 from tests.strategies import LossCase, loss_cases
 
 
-def _value_and_grad(loss_fn, case: LossCase, dtype: torch.dtype, upstream_seed: int = 0):
-    logits = case.input.detach().to(dtype).requires_grad_()
-    target = case.target.to(dtype) if case.target.is_floating_point() else case.target
-    weight = None if case.weight is None else case.weight.to(dtype)
+def _value_and_grad(
+    loss_fn, case: LossCase, dtype: torch.dtype, upstream_seed: int = 0, device: str = "cpu"
+):
+    logits = case.input.detach().to(device, dtype).requires_grad_()
+    target = case.target.to(device, dtype) if case.target.is_floating_point() else case.target
+    target = target.to(device)
+    weight = None if case.weight is None else case.weight.to(device, dtype)
     loss = loss_fn(logits, target, weight, **case.options)
     generator = torch.Generator().manual_seed(upstream_seed)
-    upstream = torch.randn(loss.shape, generator=generator, dtype=torch.float64).to(loss.dtype)
+    upstream = torch.randn(loss.shape, generator=generator, dtype=torch.float64)
+    upstream = upstream.to(device, loss.dtype)
     (grad,) = torch.autograd.grad((loss * upstream).sum(), logits, allow_unused=True)
-    return loss.detach(), torch.zeros_like(logits) if grad is None else grad
+    loss, grad = loss.detach().cpu(), None if grad is None else grad.cpu()
+    return loss, torch.zeros_like(case.input, dtype=dtype) if grad is None else grad
 
 
-@given(loss_cases(dtype=torch.float64), st.integers(0, 1000))
-def test_matches_reference_in_float64(case: LossCase, upstream_seed: int) -> None:
-    value, grad = _value_and_grad(fair_loss, case, torch.float64, upstream_seed)
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+@given(case=loss_cases(dtype=torch.float64), upstream_seed=st.integers(0, 1000))
+def test_matches_reference_in_float64(
+    impl: str, device: str, case: LossCase, upstream_seed: int
+) -> None:
+    """Every implementation, chosen explicitly, on every device, equals the oracle."""
+    if impl == "sparse" and device != "cpu":
+        pytest.skip("the sparse implementation synchronises: chosen on the CPU only")
+    loss_fn = functools.partial(fair_loss, impl=impl)
+    value, grad = _value_and_grad(loss_fn, case, torch.float64, upstream_seed, device)
     expected_value, expected_grad = _value_and_grad(
         fair_loss_reference, case, torch.float64, upstream_seed
     )
@@ -37,9 +52,10 @@ def test_matches_reference_in_float64(case: LossCase, upstream_seed: int) -> Non
     assert_close(grad, expected_grad, rtol=1e-7, atol=1e-9, equal_nan=True)
 
 
-@given(loss_cases(dtype=torch.float32, max_scaling_factor=20.0))
-def test_matches_reference_in_float32(case: LossCase) -> None:
-    value, grad = _value_and_grad(fair_loss, case, torch.float32)
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+@given(case=loss_cases(dtype=torch.float32, max_scaling_factor=20.0))
+def test_matches_reference_in_float32(impl: str, case: LossCase) -> None:
+    value, grad = _value_and_grad(functools.partial(fair_loss, impl=impl), case, torch.float32)
     expected_value, expected_grad = _value_and_grad(fair_loss_reference, case, torch.float64)
     assert value.dtype == torch.float32
     assert_close(value, expected_value.float(), rtol=2e-5, atol=2e-5, equal_nan=True)
@@ -175,29 +191,3 @@ def test_class_weight_scales_the_penalty() -> None:
     weighted = fair_loss(logits, target, weight, reduction="sum")
     ce = F.cross_entropy(logits, target, weight, reduction="sum")
     assert_close(weighted - ce, torch.tensor(3.0 / 3), rtol=1e-6, atol=1e-6)
-
-
-@given(loss_cases(dtype=torch.float64))
-def test_composite_path_matches_fast_path(case: LossCase) -> None:
-    """The composite (run under torch.compile and for double backward) equals the fast path."""
-    from fairloss._autograd import FairLossFunction
-    from fairloss._rows import fair_loss_rows_composite
-    from fairloss.functional import _as_rows, _resolve_options
-
-    options = {k: v for k, v in case.options.items() if k != "reduction"}
-    resolved = _resolve_options(
-        case.input,
-        case.target,
-        case.weight,
-        **{"ignore_index": -100, "label_smoothing": 0.0, "penalty_scale": None, **options},
-    )
-    rows, target_rows, _ = _as_rows(case.input, case.target, resolved.probability_target)
-    fast_rows = rows.detach().clone().requires_grad_()
-    composite_rows = rows.detach().clone().requires_grad_()
-    fast = FairLossFunction.apply(fast_rows, target_rows, case.weight, resolved)
-    composite = fair_loss_rows_composite(composite_rows, target_rows, case.weight, resolved)
-    assert_close(fast, composite, rtol=1e-9, atol=1e-9, equal_nan=True)
-    if fast.numel():
-        fast.sum().backward()
-        composite.sum().backward()
-        assert_close(fast_rows.grad, composite_rows.grad, rtol=1e-7, atol=1e-9, equal_nan=True)

@@ -53,7 +53,9 @@ def test_cross_entropy_options_are_used() -> None:
 
 def test_cross_entropy_argument_errors() -> None:
     with pytest.raises(
-        TypeError, match=r"`cross_entropy` to be an nn.CrossEntropyLoss or None, but got NLLLoss"
+        TypeError,
+        match=r"`cross_entropy` to be a class-weight tensor, an nn.CrossEntropyLoss or None, "
+        r"but got NLLLoss",
     ):
         FairLoss(nn.NLLLoss())  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"reduction=\"none\".*but got reduction='mean'"):
@@ -138,3 +140,29 @@ def test_module_trains_a_linear_model_as_well_as_cross_entropy() -> None:
     _, ce_accuracy = train(nn.CrossEntropyLoss())
     assert fair_ratio < 0.5
     assert fair_accuracy > 0.9 and fair_accuracy >= ce_accuracy - 0.02
+
+
+def test_positional_weight_as_cross_entropy_loss() -> None:
+    weight = torch.tensor([0.5, 2.0, 1.0])
+    logits, target = torch.randn(6, 3), torch.tensor([0, 1, 2, 1, 0, 2])
+    criterion = FairLoss(weight, scaling_factor=0.0)
+    assert criterion.weight is not None and torch.equal(criterion.weight, weight)
+    assert_close(criterion(logits, target), nn.CrossEntropyLoss(weight)(logits, target))
+    assert_close(FairLoss(weight)(logits, target), fair_loss(logits, target, weight))
+    with pytest.raises(ValueError, match="class weights once"):
+        FairLoss(weight, weight=weight)
+
+
+def test_weight_can_be_assigned_like_cross_entropy_loss() -> None:
+    logits, target = torch.randn(6, 3), torch.tensor([0, 1, 2, 1, 0, 2])
+    weight = torch.tensor([3.0, 1.0, 0.5])
+    criterion, reference = FairLoss(), nn.CrossEntropyLoss()
+    criterion.weight = weight
+    reference.weight = weight
+    assert criterion.weight is not None and torch.equal(criterion.weight, weight)
+    assert "cross_entropy.weight" in criterion.state_dict()
+    assert_close(criterion(logits, target), fair_loss(logits, target, weight))
+    criterion.weight = None
+    assert_close(criterion(logits, target), fair_loss(logits, target))
+    with pytest.raises(ValueError, match=r"`weight` to be a tensor of shape"):
+        criterion.weight = torch.ones(2, 3)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch.testing import assert_close
 
 from fairloss import fair_loss
+from tests.devices import IMPLEMENTATIONS
 from tests.reference import fair_loss_reference
 
 LOW_PRECISION = [torch.float16, torch.bfloat16]
@@ -138,3 +139,56 @@ def test_tied_maxima_of_large_float32_logits_keep_their_penalty(
     reference_loss = fair_loss_reference(reference_logits, target, reduction="none")
     (expected_grad,) = torch.autograd.grad(reference_loss.sum(), reference_logits)
     assert_close(grad, expected_grad.float(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+@pytest.mark.parametrize(
+    ("beta", "scale"), [(1e39, 1e39), (1e39, 10.0), (1000.0, 1e39)], ids=["both", "beta", "s"]
+)
+def test_options_beyond_the_float32_range_give_the_float64_result(
+    impl: str, beta: float, scale: float
+) -> None:
+    # Beyond float32's largest number the loss no longer changes in float32; it must neither
+    # overflow to NaN nor drift from the float64 computation of the same options.
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(16, 5, generator=generator)
+    logits[:4] = torch.tensor([3.0, 0.0, 0.0, 0.0, 0.0])  # clear winners
+    target = torch.randint(0, 5, (16,), generator=generator)
+    target[:4] = 0
+    options: dict[str, Any] = {"smooth_max_beta": beta, "scaling_factor": scale, "impl": impl}
+    results = []
+    for dtype in (torch.float32, torch.float64):
+        leaf = logits.to(dtype).requires_grad_()
+        loss = fair_loss(leaf, target, reduction="sum", **options)
+        (grad,) = torch.autograd.grad(loss, leaf)
+        assert loss.isfinite() and grad.isfinite().all()
+        results.append((loss, grad))
+    (loss32, grad32), (loss64, grad64) = results
+    assert_close(loss32.double(), loss64, rtol=1e-6, atol=1e-6)
+    assert_close(grad32.double(), grad64, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION)
+def test_autocast_returns_float32_like_cross_entropy(dtype: torch.dtype) -> None:
+    logits = torch.randn(6, 5).to(dtype)
+    target = torch.randint(0, 5, (6,))
+    with torch.autocast("cpu", dtype=dtype):
+        expected = F.cross_entropy(logits, target)
+        loss = fair_loss(logits, target)
+        unreduced = fair_loss(logits, target, reduction="none")
+    assert loss.dtype == expected.dtype == unreduced.dtype == torch.float32
+    assert_close(loss, fair_loss(logits.float(), target), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_double_backward_of_channels_last_input(impl: str) -> None:
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 4, 3, 5, generator=generator, dtype=torch.float64) * 0.3
+    logits = logits.contiguous(memory_format=torch.channels_last).requires_grad_()
+    target = torch.randint(0, 4, (2, 3, 5), generator=generator)
+    assert not logits.is_contiguous()
+
+    def loss_fn(z: torch.Tensor) -> torch.Tensor:
+        return fair_loss(z, target, smooth_max_beta=2.0, scaling_factor=3.0, impl=impl)
+
+    assert torch.autograd.gradgradcheck(loss_fn, (logits,))

@@ -1,29 +1,42 @@
-"""Agreement with pytorch-fairloss 0.1.1 where its semantics are defined, and its known bugs."""
+"""Agreement with pytorch-fairloss 0.1.1 where its semantics are defined, and its known bugs.
+
+0.1.1 comes from ``tests.old_release``, which the benchmarks use too; its loader is tested last.
+"""
 
 from __future__ import annotations
 
+import math
 import os
+import sys
+import zipfile
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 import torch
-from benchmarks.old_release import find_old_release, load_old_release
+import torch.nn.functional as F
 from torch import nn
 from torch.testing import assert_close
 
+import fairloss
 from fairloss import FairLoss
+from tests.old_release import LOSS_IN_WHEEL, MODULE_NAME, find_old_release, load_old_release
 from tests.reference import fair_loss_reference
 
 
-@pytest.fixture(scope="module")
-def old() -> ModuleType:
+def _old_release_source() -> Path:
     source = find_old_release()
     if source is None:
         if os.environ.get("CI"):
             pytest.fail("CI must run the parity tests: `make setup` downloads the 0.1.1 wheel")
         pytest.skip("pytorch-fairloss 0.1.1 not downloaded (run `make setup`)")
-    return load_old_release(source)
+    return source
+
+
+@pytest.fixture(scope="module")
+def old() -> ModuleType:
+    return load_old_release(_old_release_source())
 
 
 @pytest.mark.parametrize(("batch", "num_classes"), [(1, 2), (7, 3), (64, 10), (33, 101)])
@@ -98,3 +111,45 @@ def test_the_bugs_0_1_1_had_are_fixed(old: ModuleType) -> None:
     masked[:, 0] = float("-inf")
     masked_target = target.clamp_min(1)
     assert torch.isfinite(FairLoss()(masked, masked_target))
+
+
+@pytest.fixture(scope="module")
+def old_release_sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """0.1.1 as a wheel and as an unpacked folder, made from whichever copy this machine has."""
+    source = _old_release_source()
+    folder = tmp_path_factory.mktemp("old_release")
+    if source.suffix == ".whl":
+        with zipfile.ZipFile(source) as wheel:
+            wheel.extract(LOSS_IN_WHEEL, folder)
+        return {"wheel": source, "folder": folder / "fairloss"}
+    wheel_path = folder / "pytorch_fairloss-0.1.1-py3-none-any.whl"
+    with zipfile.ZipFile(wheel_path, "w") as wheel:
+        wheel.write(source / "loss.py", LOSS_IN_WHEEL)
+    return {"wheel": wheel_path, "folder": source}
+
+
+@pytest.mark.parametrize("form", ["wheel", "folder"])
+def test_old_release_loads_beside_the_new_package_and_computes_the_same_loss(
+    old_release_sources: dict[str, Path], form: str
+) -> None:
+    source = old_release_sources[form]
+    assert find_old_release(str(source)) == source.resolve()
+    if form == "wheel":
+        assert find_old_release(str(source.parent)) == source.resolve()  # the folder holding it
+    old_release = load_old_release(source)
+    assert old_release.__name__ == MODULE_NAME
+    assert sys.modules["fairloss"] is fairloss
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(64, 11, generator=generator)
+    target = torch.randint(0, 11, (64,), generator=generator)
+    # Label smoothing goes through 0.1.1's `cross_entropy` module, as in `fair_loss`.
+    smoothed = nn.CrossEntropyLoss(reduction="none", label_smoothing=0.1)
+    expected = fairloss.fair_loss(logits, target, label_smoothing=0.1)
+    assert_close(old_release.FairLoss(cross_entropy=smoothed)(logits, target), expected)
+    cross_entropy = F.cross_entropy(logits, target, label_smoothing=0.1)
+    assert not math.isclose(expected.item(), cross_entropy.item())  # the penalty is there
+
+
+def test_no_old_release_is_found_where_there_is_none(tmp_path: Path) -> None:
+    assert find_old_release(str(tmp_path / "nowhere")) is None
+    assert find_old_release(str(tmp_path)) is None

@@ -13,6 +13,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from fairloss._penalty import FairLossOptions
+
 REDUCTIONS = ("mean", "sum", "none")
 
 
@@ -24,6 +26,11 @@ def expected(name: str, what: str, got: object) -> str:
 def check_reduction(reduction: object) -> None:
     if reduction not in REDUCTIONS:
         raise ValueError(expected("reduction", f"one of {REDUCTIONS}", repr(reduction)))
+
+
+def check_implementation(impl: object, names: tuple[str, ...]) -> None:
+    if impl not in names:
+        raise ValueError(expected("impl", f"one of {names}", repr(impl)))
 
 
 def _check_real(name: str, value: object) -> float:
@@ -137,3 +144,87 @@ def check_class_indices(target: Tensor, num_classes: int, ignore_index: int) -> 
                 f"the value {bad_value}",
             )
         )
+
+
+def check_weight_needs_no_grad(weight: Optional[Tensor]) -> None:
+    """FairLoss has no gradient for class weights; like ``F.cross_entropy``, refuse to pretend."""
+    if weight is not None and weight.requires_grad and torch.is_grad_enabled():
+        raise RuntimeError(
+            expected(
+                "weight",
+                "a tensor that does not require grad (FairLoss, like F.cross_entropy, is not "
+                "differentiable with respect to the class weights)",
+                "a tensor with requires_grad=True",
+            )
+        )
+
+
+def resolve_options(
+    num_classes: int,
+    target: Tensor,
+    weight: Optional[Tensor],
+    *,
+    compute_dtype: torch.dtype,
+    probability_target: bool,
+    check_targets: bool,
+    ignore_index: object,
+    label_smoothing: object,
+    smooth_max_beta: object,
+    scaling_factor: object,
+    penalty_scale: object,
+) -> FairLossOptions:
+    """Check the options every FairLoss entry point shares and resolve them for ``C`` classes.
+
+    ``penalty_scale=None`` becomes ``1 / C`` (0 without classes). ``smooth_max_beta`` and
+    ``scaling_factor`` are capped at the largest finite number of ``compute_dtype``: beyond it
+    the loss no longer changes there, and the number itself would overflow to ``inf``.
+    ``check_targets`` checks class indices against ``[0, C)`` (on CPU tensors only).
+    """
+    check_weight(weight, num_classes)
+    check_weight_needs_no_grad(weight)
+    checked_ignore_index = check_ignore_index(ignore_index)
+    if probability_target and checked_ignore_index != -100:
+        raise ValueError(
+            expected(
+                "ignore_index",
+                "-100 (the default) with class-probability targets, which have no index to "
+                "ignore (as F.cross_entropy)",
+                checked_ignore_index,
+            )
+        )
+    if check_targets and not probability_target:
+        check_class_indices(target, num_classes, checked_ignore_index)
+    resolved_scale = check_optional_non_negative_finite("penalty_scale", penalty_scale)
+    if resolved_scale is None:
+        resolved_scale = 1.0 / num_classes if num_classes else 0.0
+    largest = torch.finfo(compute_dtype).max
+    beta = check_positive_finite("smooth_max_beta", smooth_max_beta)
+    scale = check_non_negative_finite("scaling_factor", scaling_factor)
+    return FairLossOptions(
+        ignore_index=checked_ignore_index,
+        label_smoothing=check_label_smoothing(label_smoothing),
+        smooth_max_beta=min(beta, largest),
+        scaling_factor=min(scale, largest),
+        penalty_scale=resolved_scale,
+        probability_target=probability_target,
+    )
+
+
+def output_dtype(input: Tensor) -> torch.dtype:
+    """The result's dtype: ``input``'s, or float32 for half precision under ``torch.autocast``.
+
+    Autocast runs cross-entropy in float32 and returns float32; FairLoss does the same.
+    """
+    low_precision = input.dtype in (torch.float16, torch.bfloat16)
+    if low_precision and torch.is_autocast_enabled(input.device.type):
+        return torch.float32
+    return input.dtype
+
+
+def check_chunk_size(chunk_size: object) -> int:
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
+        got = f"{type(chunk_size).__name__} {chunk_size!r}"
+        raise TypeError(expected("chunk_size", "None or an integer", got))
+    if chunk_size < 1:
+        raise ValueError(expected("chunk_size", "None or an integer >= 1", chunk_size))
+    return chunk_size

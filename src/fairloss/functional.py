@@ -8,59 +8,12 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from fairloss import _native
+from fairloss import _impl
 from fairloss import _validation as validation
-from fairloss._autograd import (
-    DenseFairLossFunction,
-    FairLossFunction,
-    NativeFairLossFunction,
-    TraceableFairLossFunction,
-)
-from fairloss._rows import FairLossOptions, compute_dtype
+from fairloss._cross_entropy import mean_denominator
+from fairloss._penalty import compute_dtype, fair_loss_composite
 
 __all__ = ["fair_loss"]
-
-
-#: Under ``torch.compile``, inputs with at most this many classes run
-#: :class:`~fairloss._autograd.DenseFairLossFunction` (one ``exp`` per logit more in each pass, no
-#: data-dependent step); larger ones :class:`~fairloss._autograd.TraceableFairLossFunction`
-#: (SmoothMax on the few unsaturated elements, through custom operators). Measured on CPU,
-#: forward+backward against compiled cross-entropy: dense 1.3x / ops 1.7x at (4096, 200), dense
-#: 1.5x / ops 1.2x at (4096, 500), even at (2, 200, 64, 64).
-DENSE_COMPILED_MAX_CLASSES = 256
-
-
-def _is_compiling() -> bool:
-    return torch.compiler.is_compiling()
-
-
-def _autograd_function(num_classes: int) -> type[torch.autograd.Function]:
-    """The autograd Function that computes FairLoss under ``torch.compile``."""
-    if num_classes <= DENSE_COMPILED_MAX_CLASSES:
-        return DenseFairLossFunction
-    return TraceableFairLossFunction
-
-
-def _native_applies(rows: Tensor, weight: Optional[Tensor], options: FairLossOptions) -> bool:
-    """Whether :class:`~fairloss._autograd.NativeFairLossFunction` computes these rows.
-
-    ``(M, C, L)`` logits with at least ``_native.MIN_POSITIONS`` positions, float32 or float64 on
-    CPU, class-index targets, no class weight, no label smoothing, and the kernel built. The
-    kernel compares class indices in the logits' dtype (exact up to ``2**24`` classes in float32)
-    and scales by ``scaling_factor`` in it (finite there).
-    """
-    return (
-        rows.dim() == 3
-        and rows.shape[2] >= _native.MIN_POSITIONS
-        and rows.device.type == "cpu"
-        and rows.dtype in (torch.float32, torch.float64)
-        and rows.shape[1] <= _native.MAX_CLASSES
-        and options.scaling_factor < torch.finfo(rows.dtype).max
-        and not options.probability_target
-        and weight is None
-        and options.label_smoothing == 0.0
-        and _native.available()
-    )
 
 
 def fair_loss(
@@ -74,6 +27,7 @@ def fair_loss(
     smooth_max_beta: float = 1000.0,
     scaling_factor: float = 1000.0,
     penalty_scale: Optional[float] = None,
+    impl: str = "auto",
 ) -> Tensor:
     r"""Cross-entropy plus a smooth penalty for predictions whose argmax is wrong.
 
@@ -111,18 +65,19 @@ def fair_loss(
         loss = ce + weight[target] * penalty  # then reduce
 
     Computation is in float32 for float16/bfloat16/float32 logits and in float64 for float64; the
-    result has ``input``'s dtype, as with ``F.cross_entropy``. Gradients are exact (double backward
-    included, in eager mode), memory stays below what cross-entropy needs, and
-    ``torch.compile(fullgraph=True)`` traces it without graph breaks: with at most
-    ``DENSE_COMPILED_MAX_CLASSES`` (256) classes as dense code, otherwise with its data-dependent
-    steps as the custom operators ``torch.ops.fairloss.penalty_statistics`` and
-    ``torch.ops.fairloss.add_penalty_gradient_``. On CPU, :math:`(N, C, d_1, ..., d_K)` float32
-    or float64 logits with at least 16 positions :math:`d_1 \cdots d_K` per sample, class-index
-    targets, no ``weight`` and no ``label_smoothing`` run a native kernel, eager and compiled
-    (one fused pass over the logits forward and one backward; ``torch.ops.fairloss.kdim_forward``
-    and ``kdim_backward``). It is compiled on first use (about 20 s, then cached by
-    ``torch.utils.cpp_extension``); where it cannot be built a warning says so and the PyTorch
-    implementation runs, as it does with the environment variable ``FAIRLOSS_NATIVE=0``.
+    result has ``input``'s dtype, as with ``F.cross_entropy`` (float32 for float16/bfloat16 input
+    under ``torch.autocast``, as cross-entropy there). Gradients are exact, double backward
+    included (in eager mode); ``torch.compile(fullgraph=True)`` traces it without graph breaks.
+    On an accelerator nothing synchronises with the host (no ``.item()``, no data-dependent
+    shape), so it runs on ``device="meta"`` and in CUDA graphs; class indices are checked against
+    ``[0, C)`` on the CPU only, as a check there would need a sync.
+
+    Which code computes it is decided in one place, ``fairloss._impl.select``, and ``impl``
+    overrides it: ``"sparse"`` computes SmoothMax only on the elements whose penalty is not
+    saturated (found with ``nonzero``: the CPU default, fastest there); ``"dense"`` computes
+    every step on every logit, with no data-dependent shape (the default off the CPU, and under
+    ``torch.compile`` for at most 256 classes); ``"composite"`` is the plain PyTorch statement
+    above, differentiated by autograd (the reference). All give the same value up to rounding.
 
     Args:
         input (Tensor): logits, unnormalized.
@@ -141,6 +96,8 @@ def fair_loss(
             ``1000.0``.
         penalty_scale (float, optional): :math:`\lambda \ge 0`, the penalty's height; ``None``
             means :math:`1/C`. Default: ``None``.
+        impl (str, optional): ``"auto"`` | ``"sparse"`` | ``"dense"`` | ``"composite"``, the
+            implementation (see above). Default: ``"auto"``.
 
     Shape:
         - input: :math:`(C)`, :math:`(N, C)` or :math:`(N, C, d_1, ..., d_K)`.
@@ -153,9 +110,11 @@ def fair_loss(
         ValueError: ``reduction`` not one of ``("mean", "sum", "none")``; ``smooth_max_beta`` not
             finite and positive; ``scaling_factor`` or ``penalty_scale`` negative or not finite;
             ``label_smoothing`` outside :math:`[0, 1]`; ``target`` fitting neither form; ``weight``
-            not of shape :math:`(C,)`; on CPU, a class index outside :math:`[0, C)` that is not
-            ``ignore_index``.
+            not of shape :math:`(C,)`; ``ignore_index`` set with probability targets; ``impl``
+            unknown; on CPU, a class index outside :math:`[0, C)` that is not ``ignore_index``.
         TypeError: ``input`` not floating point, or an option of the wrong type.
+        RuntimeError: ``weight`` requires grad while grad mode is on (as ``F.cross_entropy``:
+            FairLoss has no gradient for the class weights).
 
     Example:
         >>> import torch
@@ -168,85 +127,41 @@ def fair_loss(
         tensor([1.0920, 0.9681])
     """
     validation.check_reduction(reduction)
-    options = _resolve_options(
-        input,
-        target,
-        weight,
-        ignore_index=ignore_index,
-        label_smoothing=label_smoothing,
-        smooth_max_beta=smooth_max_beta,
-        scaling_factor=scaling_factor,
-        penalty_scale=penalty_scale,
-    )
-    rows, target_rows, element_shape = _as_rows(input, target, options.probability_target)
-
-    if _native_applies(rows, weight, options):
-        function: type[torch.autograd.Function] = NativeFairLossFunction
-    elif _is_compiling():
-        function = _autograd_function(rows.shape[1])
-    else:
-        function = FairLossFunction
-    element_loss = function.apply(rows, target_rows, weight, options)
-
-    if reduction == "none":
-        return element_loss.reshape(element_shape).to(input.dtype)
-    total = element_loss.sum()
-    if reduction == "mean":
-        total = total / _mean_denominator(rows, target_rows, weight, options)
-    return total.to(input.dtype)
-
-
-def _resolve_options(
-    input: Tensor,
-    target: Tensor,
-    weight: Optional[Tensor],
-    *,
-    ignore_index: int,
-    label_smoothing: float,
-    smooth_max_beta: float,
-    scaling_factor: float,
-    penalty_scale: Optional[float],
-) -> FairLossOptions:
+    validation.check_implementation(impl, _impl.IMPLEMENTATION_NAMES)
     validation.check_logits(input)
-    return _options_for_classes(
+    probability_target = validation.is_probability_target(input, target)
+    compiling = torch.compiler.is_compiling()
+    options = validation.resolve_options(
         input.shape[0 if input.dim() == 1 else 1],
         target,
         weight,
-        probability_target=validation.is_probability_target(input, target),
+        compute_dtype=compute_dtype(input.dtype),
+        probability_target=probability_target,
+        check_targets=not compiling,
         ignore_index=ignore_index,
         label_smoothing=label_smoothing,
         smooth_max_beta=smooth_max_beta,
         scaling_factor=scaling_factor,
         penalty_scale=penalty_scale,
     )
+    output_dtype = validation.output_dtype(input)
+    rows, target_rows, element_shape = _as_rows(input, target, options.probability_target)
 
-
-def _options_for_classes(
-    num_classes: int,
-    target: Tensor,
-    weight: Optional[Tensor],
-    *,
-    probability_target: bool,
-    ignore_index: int,
-    label_smoothing: float,
-    smooth_max_beta: float,
-    scaling_factor: float,
-    penalty_scale: Optional[float],
-) -> FairLossOptions:
-    """Check the options every FairLoss entry point shares, and resolve lambda for C classes."""
-    validation.check_weight(weight, num_classes)
-    ignore_index = validation.check_ignore_index(ignore_index)
-    if not probability_target and not _is_compiling():
-        validation.check_class_indices(target, num_classes, ignore_index)
-    resolved_scale = validation.check_optional_non_negative_finite("penalty_scale", penalty_scale)
-    return FairLossOptions(
-        ignore_index=ignore_index,
-        label_smoothing=validation.check_label_smoothing(label_smoothing),
-        smooth_max_beta=validation.check_positive_finite("smooth_max_beta", smooth_max_beta),
-        scaling_factor=validation.check_non_negative_finite("scaling_factor", scaling_factor),
-        penalty_scale=1.0 / num_classes if resolved_scale is None else resolved_scale,
-        probability_target=probability_target,
+    implementation = _impl.select(
+        impl, device=rows.device, num_classes=rows.shape[1], compiling=compiling
     )
+    if implementation is None:
+        element_loss = fair_loss_composite(rows, target_rows, weight, options)
+    else:
+        function = _impl.autograd_function_for(implementation)
+        element_loss = function.apply(rows, target_rows, weight, options)
+
+    if reduction == "none":
+        return element_loss.reshape(element_shape).to(output_dtype)
+    total = element_loss.sum()
+    if reduction == "mean":
+        total = total / mean_denominator(rows, target_rows, weight, options)
+    return total.to(output_dtype)
 
 
 def _as_rows(
@@ -269,18 +184,3 @@ def _as_rows(
     if probability_target:
         return rows, target.reshape(batch, num_classes, positions), element_shape
     return rows, target.reshape(batch, positions).long(), element_shape
-
-
-def _mean_denominator(
-    rows: Tensor, target_rows: Tensor, weight: Optional[Tensor], options: FairLossOptions
-) -> Tensor:
-    """Cross-entropy's ``"mean"`` divisor: total target weight, or the element count."""
-    dtype = compute_dtype(rows.dtype)
-    if options.probability_target:
-        element_count = rows.numel() // rows.shape[1] if rows.shape[1] else 0
-        return torch.tensor(float(element_count), dtype=dtype, device=rows.device)
-    valid = target_rows != options.ignore_index
-    if weight is None:
-        return valid.sum().to(dtype)
-    safe_target = target_rows.masked_fill(~valid, 0)
-    return (weight.to(dtype)[safe_target] * valid).sum()

@@ -5,12 +5,15 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
+from fairloss import _impl
 from fairloss import _validation as validation
-from fairloss._linear_autograd import LinearFairLossFunction, LinearFairLossSettings
-from fairloss._rows import FairLossOptions
-from fairloss.functional import _mean_denominator, _options_for_classes
+from fairloss._cross_entropy import mean_denominator
+from fairloss._impl.chunked_linear import LinearFairLossFunction, LinearFairLossSettings
+from fairloss._penalty import compute_dtype
+from fairloss.functional import fair_loss
 
 __all__ = ["linear_fair_loss"]
 
@@ -33,6 +36,7 @@ def linear_fair_loss(
     scaling_factor: float = 1000.0,
     penalty_scale: Optional[float] = None,
     chunk_size: Optional[int] = None,
+    impl: str = "auto",
 ) -> Tensor:
     r"""FairLoss of a linear layer's output, computed in row chunks without the full logits.
 
@@ -88,6 +92,11 @@ def linear_fair_loss(
             :func:`default_chunk_size` (chunk logits about a quarter of the head's size, between
             4 and 64 MB). Smaller chunks use less memory and more, smaller matrix products.
             Default: ``None``.
+        impl (str, optional): the implementation of the loss on each chunk, as in
+            :func:`fairloss.fair_loss`: ``"auto"`` (``"sparse"`` on the CPU, ``"dense"``
+            elsewhere, where nothing synchronises with the host), ``"sparse"``, ``"dense"``, or
+            ``"composite"``: ``fair_loss(F.linear(...), impl="composite")``, the reference, which
+            holds the full logits. Default: ``"auto"``.
 
     Shape:
         - input: :math:`(*, H)`, any number of leading dimensions (none included).
@@ -116,11 +125,33 @@ def linear_fair_loss(
         tensor(1.2106)
     """
     validation.check_reduction(reduction)
+    validation.check_implementation(impl, _impl.IMPLEMENTATION_NAMES)
     num_classes = _check_shapes(input, linear_weight, linear_bias, target)
-    options = _resolve_options(
+    target = target.long()
+    implementation = _impl.select(
+        impl, device=input.device, num_classes=num_classes, compiling=False
+    )
+    if implementation is None:  # the composite: fair_loss on the full logits
+        logits = F.linear(input, linear_weight, linear_bias)
+        return fair_loss(
+            logits.reshape(-1, num_classes),
+            target.reshape(-1),
+            weight,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            label_smoothing=label_smoothing,
+            smooth_max_beta=smooth_max_beta,
+            scaling_factor=scaling_factor,
+            penalty_scale=penalty_scale,
+            impl="composite",
+        ).reshape(target.shape if reduction == "none" else ())
+    options = validation.resolve_options(
+        num_classes,
         target,
         weight,
-        num_classes,
+        compute_dtype=compute_dtype(input.dtype),
+        probability_target=False,
+        check_targets=True,
         ignore_index=ignore_index,
         label_smoothing=label_smoothing,
         smooth_max_beta=smooth_max_beta,
@@ -133,9 +164,11 @@ def linear_fair_loss(
     if chunk_size is None:
         chunk_size = default_chunk_size(rows.shape[0], hidden_size, num_classes)
     else:
-        chunk_size = _check_chunk_size(chunk_size)
+        chunk_size = validation.check_chunk_size(chunk_size)
     settings = LinearFairLossSettings(
         options=options,
+        implementation=implementation,
+        drop_ignored_rows=implementation.synchronizes,
         summed=reduction != "none",
         chunk_size=chunk_size,
         grad_enabled=torch.is_grad_enabled(),
@@ -146,7 +179,7 @@ def linear_fair_loss(
     if reduction == "none":
         return loss.reshape(target.shape).to(input.dtype)
     if reduction == "mean":
-        loss = loss / _mean_denominator(rows, target_rows, weight, options)
+        loss = loss / mean_denominator(rows, target_rows, weight, options)
     return loss.to(input.dtype)
 
 
@@ -243,37 +276,3 @@ def _check_shapes(
             )
         )
     return num_classes
-
-
-def _check_chunk_size(chunk_size: object) -> int:
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
-        got = f"{type(chunk_size).__name__} {chunk_size!r}"
-        raise TypeError(validation.expected("chunk_size", "None or an integer", got))
-    if chunk_size < 1:
-        raise ValueError(validation.expected("chunk_size", "None or an integer >= 1", chunk_size))
-    return chunk_size
-
-
-def _resolve_options(
-    target: Tensor,
-    weight: Optional[Tensor],
-    num_classes: int,
-    *,
-    ignore_index: int,
-    label_smoothing: float,
-    smooth_max_beta: float,
-    scaling_factor: float,
-    penalty_scale: Optional[float],
-) -> FairLossOptions:
-    """The options of :func:`fairloss.fair_loss`, checked the same way, for ``V`` classes."""
-    return _options_for_classes(
-        num_classes,
-        target,
-        weight,
-        probability_target=False,
-        ignore_index=ignore_index,
-        label_smoothing=label_smoothing,
-        smooth_max_beta=smooth_max_beta,
-        scaling_factor=scaling_factor,
-        penalty_scale=penalty_scale,
-    )

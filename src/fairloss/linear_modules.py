@@ -7,7 +7,7 @@ from typing import Any, Optional
 from torch import Tensor, nn
 
 from fairloss import _validation as validation
-from fairloss.linear import _check_chunk_size, linear_fair_loss
+from fairloss.linear import linear_fair_loss
 
 __all__ = ["LinearFairLoss"]
 
@@ -100,7 +100,7 @@ class LinearFairLoss(nn.Module):
         self.penalty_scale = validation.check_optional_non_negative_finite(
             "penalty_scale", penalty_scale
         )
-        self.chunk_size = None if chunk_size is None else _check_chunk_size(chunk_size)
+        self.chunk_size = None if chunk_size is None else validation.check_chunk_size(chunk_size)
         self.linear = nn.Linear(in_features, num_classes, bias=bias, device=device, dtype=dtype)
         self.register_buffer("weight", weight)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 from torch import Tensor, nn
 
@@ -32,14 +32,18 @@ class FairLoss(nn.Module):
     to the Penalized Log Loss of Ahmadian, Ghatee & Wahlström (2025) as :math:`\beta, s` grow.
     See :func:`fairloss.fair_loss` for the full statement.
 
-    The cross-entropy options live in the ``cross_entropy`` submodule, as in pytorch-fairloss 0.1.1:
-    pass an ``nn.CrossEntropyLoss(reduction="none")`` or use the ``weight``, ``ignore_index`` and
-    ``label_smoothing`` keywords, which build one. A weighted module's ``state_dict`` therefore
-    holds ``cross_entropy.weight``, and ``.to()`` moves the weight.
+    Like ``nn.CrossEntropyLoss(w)``, ``FairLoss(w)`` takes the class weights as its first
+    positional argument, and ``criterion.weight = w`` replaces them. The cross-entropy options
+    live in the ``cross_entropy`` submodule, as in pytorch-fairloss 0.1.1, whose first positional
+    argument was an ``nn.CrossEntropyLoss(reduction="none")``: that form still works. A weighted
+    module's ``state_dict`` therefore holds ``cross_entropy.weight``, and ``.to()`` moves the
+    weight.
 
     Args:
-        cross_entropy (nn.CrossEntropyLoss, optional): built with ``reduction="none"``; its
-            ``weight``, ``ignore_index`` and ``label_smoothing`` are used. Default: ``None``.
+        cross_entropy (Tensor or nn.CrossEntropyLoss, optional): the class weights, shape
+            :math:`(C,)` (as ``nn.CrossEntropyLoss``'s first argument); or, as in 0.1.1, an
+            ``nn.CrossEntropyLoss`` built with ``reduction="none"``, whose ``weight``,
+            ``ignore_index`` and ``label_smoothing`` are used. Default: ``None``.
         smooth_max_beta (float, optional): :math:`\beta > 0`. Default: ``1000.0``.
         scaling_factor (float, optional): :math:`s \ge 0`. Default: ``1000.0``.
         reduction (str, optional): ``"none"`` | ``"mean"`` | ``"sum"``. Default: ``"mean"``.
@@ -57,7 +61,7 @@ class FairLoss(nn.Module):
           input's shape without the class dimension.
 
     Raises:
-        TypeError: ``cross_entropy`` is not an ``nn.CrossEntropyLoss``.
+        TypeError: ``cross_entropy`` is neither a tensor nor an ``nn.CrossEntropyLoss``.
         ValueError: ``cross_entropy.reduction`` is not ``"none"``; ``cross_entropy`` given
             together with a non-default ``weight``, ``ignore_index`` or ``label_smoothing``; any
             option out of range (see :func:`fairloss.fair_loss`).
@@ -71,13 +75,15 @@ class FairLoss(nn.Module):
         >>> logits = torch.tensor([[0.34, 0.33, 0.33], [0.49, 0.51, 0.00]])
         >>> criterion(logits, torch.tensor([0, 0]))
         tensor([1.0920, 1.3014])
+        >>> FairLoss(torch.tensor([1.0, 2.0, 2.0])).weight  # as nn.CrossEntropyLoss(w)
+        tensor([1., 2., 2.])
     """
 
     cross_entropy: nn.CrossEntropyLoss
 
     def __init__(
         self,
-        cross_entropy: Optional[nn.CrossEntropyLoss] = None,
+        cross_entropy: Union[Tensor, nn.CrossEntropyLoss, None] = None,
         smooth_max_beta: float = 1000.0,
         scaling_factor: float = 1000.0,
         reduction: str = "mean",
@@ -95,6 +101,13 @@ class FairLoss(nn.Module):
             "penalty_scale", penalty_scale
         )
         self.reduction = reduction
+        if isinstance(cross_entropy, Tensor):  # FairLoss(w), as nn.CrossEntropyLoss(w)
+            if weight is not None:
+                raise ValueError(
+                    "Expected the class weights once, but got both a positional weight tensor "
+                    "and the keyword `weight`."
+                )
+            cross_entropy, weight = None, cross_entropy
         if cross_entropy is None:
             validation.check_ignore_index(ignore_index)
             cross_entropy = nn.CrossEntropyLoss(
@@ -111,8 +124,15 @@ class FairLoss(nn.Module):
 
     @property
     def weight(self) -> Optional[Tensor]:
-        """The class weights, stored in ``cross_entropy``."""
+        """The class weights, in ``cross_entropy``; assign a tensor or None to replace them."""
         return self.cross_entropy.weight
+
+    @weight.setter
+    def weight(self, value: Optional[Tensor]) -> None:
+        if value is not None:
+            num_classes = value.shape[0] if isinstance(value, Tensor) and value.dim() == 1 else 0
+            validation.check_weight(value, num_classes)
+        self.cross_entropy.weight = value
 
     @property
     def ignore_index(self) -> int:
@@ -157,7 +177,9 @@ def _check_cross_entropy(
     if not isinstance(cross_entropy, nn.CrossEntropyLoss):
         raise TypeError(
             validation.expected(
-                "cross_entropy", "an nn.CrossEntropyLoss or None", type(cross_entropy).__name__
+                "cross_entropy",
+                "a class-weight tensor, an nn.CrossEntropyLoss or None",
+                type(cross_entropy).__name__,
             )
         )
     if cross_entropy.reduction != "none":

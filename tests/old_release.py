@@ -4,6 +4,10 @@ The old package is also called ``fairloss`` and its ``__init__`` imports ``fairl
 absolutely, which would resolve to the library under test. So the loader reads only the old
 ``fairloss/loss.py`` (it imports nothing but torch) and registers it as ``fairloss_0_1_1``, from
 the wheel that ``make setup`` downloads into ``.venv/old-release`` or from an unpacked copy.
+
+Used by the parity tests and by the benchmarks (``benchmarks.run``, ``benchmarks.suite`` and
+``benchmarks.memory`` import it as ``tests.old_release``, from the repository root): the one copy
+of the loader, kept beside the tests so that no test imports ``benchmarks``.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ __all__ = ["MODULE_NAME", "find_old_release", "load_old_release", "old_release_v
 MODULE_NAME = "fairloss_0_1_1"
 #: A wheel, a folder holding the wheel, or an unpacked ``fairloss`` folder holding ``loss.py``.
 PATH_VARIABLE = "FAIRLOSS_OLD_PATH"
-#: The folder ``make setup`` downloads the wheel into (shared with the parity tests).
+#: Overrides the folder ``make setup`` downloads the wheel into (``.venv/old-release``).
 WHEEL_FOLDER_VARIABLE = "FAIRLOSS_OLD_RELEASE_DIR"
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 UNPACKED_COPY = Path("/tmp/oldfl/x/fairloss")

@@ -1,12 +1,14 @@
 """The autograd Function behind :func:`fairloss.linear_fair_loss`: a linear head plus FairLoss in
 row chunks, so that no ``(rows, classes)`` tensor larger than one chunk ever exists.
 
-Each chunk computes its logits ``x @ W.T + b`` in the compute dtype, runs the row math of
-:mod:`fairloss._rows` on them and turns the logits' gradient into the gradients of ``x``, ``W``
-and ``b`` before the next chunk starts. Rows whose target is ``ignore_index`` are dropped
-before the matrix product. For a summed loss the gradients are computed during forward (the
-loss is linear in its upstream gradient, a scalar) and backward only scales them; for per-row
-losses (and a second backward) forward's O(rows) statistics are kept and the logits recomputed.
+Each chunk computes its logits ``x @ W.T + b`` in the compute dtype, runs an
+:class:`~fairloss._impl.base.Implementation` on them and turns the logits' gradient into the
+gradients of ``x``, ``W`` and ``b`` before the next chunk starts. With an implementation that
+synchronises anyway (the CPU's), rows whose target is ``ignore_index`` are dropped before the
+matrix product; otherwise every row goes through and the implementation masks the ignored ones.
+For a summed loss the gradients are computed during forward (the loss is linear in its upstream
+gradient, a scalar) and backward only scales them; for per-row losses (and a second backward)
+forward's O(rows) statistics are kept and the logits recomputed.
 """
 
 from __future__ import annotations
@@ -18,14 +20,8 @@ from typing import Any, NamedTuple, Optional
 import torch
 from torch import Tensor
 
-from fairloss._rows import (
-    FairLossOptions,
-    RowStatistics,
-    compute_dtype,
-    fair_loss_rows_backward,
-    fair_loss_rows_forward,
-    fair_loss_rows_forward_backward,
-)
+from fairloss._impl.base import Implementation, Saved
+from fairloss._penalty import FairLossOptions, compute_dtype
 
 
 @dataclass(frozen=True)
@@ -36,9 +32,13 @@ class LinearFairLossSettings:
     row losses (0 on ignored rows) when False. ``chunk_size`` is the number of kept rows per chunk.
     ``grad_enabled`` is the caller's grad mode (forward runs without it, and ``needs_input_grad``
     does not see ``torch.no_grad()``): without it no gradient is precomputed.
+    ``drop_ignored_rows`` removes the ignored rows before the matrix products (it synchronises:
+    for implementations that do anyway).
     """
 
     options: FairLossOptions
+    implementation: Implementation
+    drop_ignored_rows: bool
     summed: bool
     chunk_size: int
     grad_enabled: bool
@@ -62,21 +62,30 @@ class _Head:
         linear_weight: Tensor,
         linear_bias: Optional[Tensor],
         target: Tensor,
-        ignore_index: int,
+        settings: LinearFairLossSettings,
     ) -> None:
         self.dtype = compute_dtype(input.dtype)
         self.input = input
         # A bfloat16/float16 weight is cast once, so the products accumulate in float32.
         self.weight = linear_weight.to(self.dtype)
         self.bias = None if linear_bias is None else linear_bias.to(self.dtype)
-        kept = target != ignore_index
         self.kept_rows: Optional[Tensor] = None
         self.target = target
-        if not bool(kept.all()):
+        kept = target != settings.options.ignore_index
+        if settings.drop_ignored_rows and not bool(kept.all()):
             self.kept_rows = torch.nonzero(kept).squeeze(1)
             self.target = target.index_select(0, self.kept_rows)
         self.num_kept = self.target.shape[0]
-        self._logits_buffer: Optional[Tensor] = None
+        # Whether any row counts: known on the host when ignored rows were dropped.
+        self.any_kept: bool | Tensor = self.num_kept > 0
+        if not settings.drop_ignored_rows and self.num_kept > 0:
+            self.any_kept = kept.any()
+        # The chunk's logits and the implementation's workspace: allocated once per call, here.
+        buffer_shape = (min(settings.chunk_size, self.num_kept), self.weight.shape[0])
+        self._logits_buffer = input.new_empty(buffer_shape, dtype=self.dtype)
+        self._workspace: Optional[Tensor] = None
+        if settings.implementation.uses_workspace:
+            self._workspace = torch.empty_like(self._logits_buffer)
 
     def chunks(self, chunk_size: int) -> Iterator[_Chunk]:
         for start in range(0, self.num_kept, chunk_size):
@@ -91,17 +100,15 @@ class _Head:
             yield _Chunk(positions, input_rows, hidden.to(self.dtype), target)
 
     def logits(self, hidden: Tensor) -> Tensor:
-        """``hidden @ W.T + b``, written into one buffer reused by every chunk.
-
-        Reusing it spares the allocator a fresh chunk-sized block (and its page faults) per chunk.
-        """
-        rows = hidden.shape[0]
-        if self._logits_buffer is None or self._logits_buffer.shape[0] < rows:
-            self._logits_buffer = hidden.new_empty((rows, self.weight.shape[0]))
-        logits = self._logits_buffer[:rows]
+        """``hidden @ W.T + b``, written into the logits buffer every chunk reuses."""
+        logits = self._logits_buffer[: hidden.shape[0]]
         if self.bias is None:
             return torch.mm(hidden, self.weight.T, out=logits)
         return torch.addmm(self.bias, hidden, self.weight.T, out=logits)
+
+    def workspace(self, rows: int) -> Optional[Tensor]:
+        """The implementation's logits-sized workspace for a chunk of ``rows`` (or None)."""
+        return None if self._workspace is None else self._workspace[:rows]
 
 
 class _Gradients:
@@ -114,7 +121,7 @@ class _Gradients:
     def __init__(self, head: _Head, needs_input: bool, needs_weight: bool, needs_bias: bool):
         input = head.input
         self.dtype = input.dtype
-        self.has_rows = head.num_kept > 0
+        self.any_kept = head.any_kept
         self.input: Optional[Tensor] = None
         if needs_input:
             self.input = (torch.empty_like if head.kept_rows is None else torch.zeros_like)(input)
@@ -145,8 +152,11 @@ class _Gradients:
         """
         results = []
         for grad in (self.input, self.weight, self.bias):
-            if grad is not None and scale is not None and self.has_rows:
-                grad.mul_(scale.to(grad.dtype))
+            if grad is not None and scale is not None and self.any_kept is not False:
+                grad_scale = scale.to(grad.dtype)
+                if isinstance(self.any_kept, Tensor):  # no sync: a 0 scale without kept rows
+                    grad_scale = torch.where(self.any_kept, grad_scale, 0.0)
+                grad.mul_(grad_scale)
             results.append(None if grad is None else grad.to(self.dtype))
         return tuple(results)
 
@@ -176,8 +186,8 @@ class LinearFairLossFunction(torch.autograd.Function):
         weight: Optional[Tensor],
         settings: LinearFairLossSettings,
     ) -> Tensor:
-        options = settings.options
-        head = _Head(input, linear_weight, linear_bias, target, options.ignore_index)
+        options, implementation = settings.options, settings.implementation
+        head = _Head(input, linear_weight, linear_bias, target, settings)
         needs_input, needs_weight, needs_bias = ctx.needs_input_grad[:3]
         gradients = None
         needs_any = needs_input or needs_weight or needs_bias
@@ -187,19 +197,19 @@ class LinearFairLossFunction(torch.autograd.Function):
         chunk_statistics = []
         for chunk in head.chunks(settings.chunk_size):
             logits = head.logits(chunk.hidden)
+            # Compact statistics: kept rows of softmax(beta * z) would add up over chunks.
             if gradients is None:
-                loss, statistics = fair_loss_rows_forward(logits, chunk.target, weight, options)
+                loss, statistics = implementation.forward(
+                    logits, chunk.target, weight, options, True, head.workspace(len(logits))
+                )
             else:
-                loss, statistics, grad_logits = fair_loss_rows_forward_backward(
-                    logits, chunk.target, weight, options
+                loss, statistics, grad_logits = implementation.forward_backward(
+                    logits, chunk.target, weight, options, head.workspace(len(logits))
                 )
                 gradients.add_chunk(head, chunk, grad_logits)
                 del grad_logits  # before the next chunk's temporaries exist
             row_losses[chunk.positions] = loss
-            # Kept rows of softmax(beta * z) would add up over chunks: backward recomputes them.
-            chunk_statistics.append(
-                statistics._replace(active_index=None, active_beta_softmax=None)
-            )
+            chunk_statistics.append(statistics)
 
         ctx.settings = settings
         ctx.gradients = gradients
@@ -227,8 +237,8 @@ class LinearFairLossFunction(torch.autograd.Function):
             return (*precomputed.scaled_(grad_output), None, None, None)
 
         input, linear_weight, linear_bias, target, weight = ctx.saved_tensors
-        options = settings.options
-        head = _Head(input, linear_weight, linear_bias, target, options.ignore_index)
+        options, implementation = settings.options, settings.implementation
+        head = _Head(input, linear_weight, linear_bias, target, settings)
         needs_input, needs_weight, needs_bias = ctx.needs_input_grad[:3]
         gradients = _Gradients(head, needs_input, needs_weight, needs_bias)
         grad_rows = grad_output.to(head.dtype)
@@ -236,11 +246,17 @@ class LinearFairLossFunction(torch.autograd.Function):
             grad_rows = grad_rows.expand(head.num_kept)
         elif head.kept_rows is not None:
             grad_rows = grad_rows.index_select(0, head.kept_rows)
-        statistics: RowStatistics
+        statistics: Saved
         for chunk, statistics in zip(head.chunks(settings.chunk_size), ctx.chunk_statistics):
             logits = head.logits(chunk.hidden)
-            grad_logits = fair_loss_rows_backward(
-                logits, chunk.target, weight, options, statistics, grad_rows[chunk.positions]
+            grad_logits = implementation.backward(
+                logits,
+                chunk.target,
+                weight,
+                options,
+                statistics,
+                grad_rows[chunk.positions],
+                head.workspace(len(logits)),
             )
             gradients.add_chunk(head, chunk, grad_logits)
             del grad_logits

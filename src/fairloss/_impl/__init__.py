@@ -1,0 +1,90 @@
+"""Which implementation of FairLoss runs a call: :func:`select`, the one place that decides.
+
+=================  ===========================================================================
+``"composite"``    :func:`fairloss._penalty.fair_loss_composite`: plain PyTorch, autograd derives
+                   the gradient. The reference; never chosen by ``"auto"``.
+``"dense"``        :mod:`fairloss._impl.dense`: every step on every logit, no data-dependent
+                   shape and no host synchronisation. ``"auto"`` off the CPU, and under
+                   ``torch.compile`` with at most :data:`DENSE_COMPILED_MAX_CLASSES` classes.
+``"sparse"``       :mod:`fairloss._impl.sparse` eagerly, :mod:`fairloss._impl.sparse_compiled`
+                   under ``torch.compile``: SmoothMax only on the unsaturated elements, found with
+                   ``nonzero``. ``"auto"`` on the CPU (compiled: above the class threshold).
+=================  ===========================================================================
+
+Why both compiled implementations stay (``make bench``-style timing of forward+backward, CPU
+float32, 2 threads, compiled ``fair_loss`` over compiled ``F.cross_entropy``, medians of
+``torch.utils.benchmark``; see ``docs/benchmarks.md``, "Compiled implementations"):
+
+=====================  ===========  ============  =================================
+shape                  dense        sparse        faster one, by
+=====================  ===========  ============  =================================
+(16, 21, 64, 64)       1.28x        1.84x         dense, 1.44x
+(4096, 200)            1.17x        1.62x         dense, 1.38x
+(4096, 1000)           1.55x        0.97x         sparse, 1.60x
+(2048, 32000)          1.51x        1.06x         sparse, 1.42x
+=====================  ===========  ============  =================================
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from fairloss._impl import dense, sparse, sparse_compiled
+from fairloss._impl.base import Implementation, autograd_function
+
+__all__ = [
+    "DENSE_COMPILED_MAX_CLASSES",
+    "IMPLEMENTATION_NAMES",
+    "Implementation",
+    "autograd_function_for",
+    "select",
+]
+
+#: The values of the ``impl`` argument of :func:`fairloss.fair_loss`.
+IMPLEMENTATION_NAMES = ("auto", "sparse", "dense", "composite")
+
+#: Under ``torch.compile`` on CPU, ``"auto"`` runs ``"dense"`` up to this many classes and
+#: ``"sparse"`` above (the table above).
+DENSE_COMPILED_MAX_CLASSES = 256
+
+_FUNCTIONS = {
+    implementation.name: autograd_function(implementation)
+    for implementation in (
+        sparse.IMPLEMENTATION,
+        sparse_compiled.IMPLEMENTATION,
+        dense.IMPLEMENTATION,
+    )
+}
+
+
+def select(
+    impl: str, *, device: torch.device, num_classes: int, compiling: bool
+) -> Optional[Implementation]:
+    """The implementation for logits on ``device`` with ``num_classes``; None: the composite.
+
+    ``impl`` is one of :data:`IMPLEMENTATION_NAMES`, already checked. ``"auto"`` picks
+    ``"dense"`` off the CPU (no host synchronisation there), and on the CPU ``"sparse"``, except
+    under ``torch.compile`` for at most :data:`DENSE_COMPILED_MAX_CLASSES` classes; without
+    classes (``C = 0``) the composite, which is then cross-entropy alone.
+    """
+    if impl == "auto":
+        if num_classes == 0:  # no classes: no penalty, cross-entropy's empty terms only
+            impl = "composite"
+        elif device.type != "cpu":
+            impl = "dense"
+        elif compiling and num_classes <= DENSE_COMPILED_MAX_CLASSES:
+            impl = "dense"
+        else:
+            impl = "sparse"
+    if impl == "composite":
+        return None
+    if impl == "dense":
+        return dense.IMPLEMENTATION
+    return sparse_compiled.IMPLEMENTATION if compiling else sparse.IMPLEMENTATION
+
+
+def autograd_function_for(implementation: Implementation) -> type[torch.autograd.Function]:
+    """The autograd Function (:func:`fairloss._impl.base.autograd_function`) that runs it."""
+    return _FUNCTIONS[implementation.name]

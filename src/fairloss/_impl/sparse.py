@@ -1,0 +1,329 @@
+"""The sparse implementation: SmoothMax only where the penalty is not saturated (eager, CPU).
+
+Cross-entropy's part is computed densely (``log_softmax`` forward, the softmax gradient
+backward). Of the penalty, most elements need nothing beyond per-element numbers: a reference
+logit far below the maximum saturates (penalty ``lambda``, no gradient) and a clear winner has
+none (:func:`fairloss._penalty.penalty_candidates`). The few others are found with ``nonzero``
+and their SmoothMax computed on their rows alone. Forward keeps per-element statistics and, for
+the elements with a penalty gradient, their rows of ``softmax(beta * z)``.
+
+``nonzero`` and ``bool(tensor)`` synchronise with the host and give data-dependent shapes, so
+this implementation is chosen on CPU only (:func:`fairloss._impl.select`); it is the fastest
+there. :mod:`fairloss._impl.sparse_compiled` runs the same data-dependent steps
+(:func:`penalty_statistics`, :func:`add_penalty_gradient_`) as custom operators under
+``torch.compile``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+from torch import Tensor
+
+from fairloss._cross_entropy import cross_entropy_from_log_probs, cross_entropy_gradient_
+from fairloss._impl.base import Implementation, Saved
+from fairloss._penalty import (
+    FairLossOptions,
+    beta_softmax_,
+    clear_winners,
+    compute_dtype,
+    penalty_and_slope,
+    penalty_candidates,
+    penalty_weight,
+    reference_class,
+    runner_up_outside_margin,
+    smooth_max_terms,
+    winner_margin,
+)
+
+__all__ = ["IMPLEMENTATION", "add_penalty_gradient_", "penalty_statistics"]
+
+
+class ElementStatistics(NamedTuple):
+    """What forward keeps for backward: per-element numbers, and the unsaturated rows.
+
+    ``penalty_slope`` is ``w[r] * lambda * s / 2 * sech(s * negative_gap / 2) ** 2`` on the
+    elements whose penalty gradient is not exactly zero in the compute dtype, and 0 elsewhere;
+    ``beta_normalizer`` holds ``sum_j exp(beta * (z_j - max))`` (floored terms) on the elements
+    whose SmoothMax forward computed (0 elsewhere): ``softmax(beta * z)`` is those terms over it.
+
+    When forward keeps them, ``active_index`` lists the flat positions of the elements with a
+    penalty gradient and ``active_beta_softmax`` their rows of ``softmax(beta * z)``, so backward
+    reads no logits for the penalty. They hold the unsaturated elements only: nothing in the
+    usual case, at worst (every element unsaturated) as much as cross-entropy's saved
+    log-softmax. Without them (compact statistics) backward recomputes those rows.
+    """
+
+    reference: Tensor
+    valid: Optional[Tensor]  # None: every element counts
+    beta_normalizer: Tensor
+    penalty_slope: Tensor
+    active_index: Optional[Tensor] = None
+    active_beta_softmax: Optional[Tensor] = None
+
+
+def forward(
+    logits: Tensor,
+    target: Tensor,
+    weight: Optional[Tensor],
+    options: FairLossOptions,
+    compact: bool,
+    workspace: Optional[Tensor],
+) -> tuple[Tensor, Saved]:
+    """Element losses and :class:`ElementStatistics` (without the kept rows when ``compact``)."""
+    loss, statistics, _ = _forward(
+        logits,
+        target,
+        weight,
+        options,
+        keep_log_probs=False,
+        keep_active_rows=not compact,
+        workspace=workspace,
+    )
+    return loss, tuple(statistics)
+
+
+def forward_backward(
+    logits: Tensor,
+    target: Tensor,
+    weight: Optional[Tensor],
+    options: FairLossOptions,
+    workspace: Optional[Tensor],
+) -> tuple[Tensor, Saved, Tensor]:
+    """Element losses, compact statistics, and the gradient for an upstream gradient of ones.
+
+    Forward's log-softmax buffer (``workspace`` when given) becomes backward's softmax in place,
+    saving a pass and an allocation.
+    """
+    loss, statistics, log_probs = _forward(
+        logits,
+        target,
+        weight,
+        options,
+        keep_log_probs=True,
+        keep_active_rows=True,
+        workspace=workspace,
+    )
+    assert log_probs is not None  # kept on request
+    grad = _backward(
+        logits, target, weight, options, statistics, torch.ones_like(loss), log_probs.exp_()
+    )
+    compact = statistics._replace(active_index=None, active_beta_softmax=None)
+    return loss, tuple(compact), grad
+
+
+def backward(
+    logits: Tensor,
+    target: Tensor,
+    weight: Optional[Tensor],
+    options: FairLossOptions,
+    saved: Saved,
+    grad_loss: Tensor,
+    workspace: Optional[Tensor],
+) -> Tensor:
+    """Gradient of ``sum(grad_loss * loss)`` with respect to the logits (in ``workspace``)."""
+    statistics = ElementStatistics(*saved)  # type: ignore[arg-type]
+    probs = torch.softmax(logits.to(compute_dtype(logits.dtype)), dim=1, out=workspace)
+    return _backward(logits, target, weight, options, statistics, grad_loss, probs)
+
+
+def _forward(
+    logits: Tensor,
+    target: Tensor,
+    weight: Optional[Tensor],
+    options: FairLossOptions,
+    *,
+    keep_log_probs: bool,
+    keep_active_rows: bool,
+    workspace: Optional[Tensor],
+) -> tuple[Tensor, ElementStatistics, Optional[Tensor]]:
+    """Element losses, the statistics backward needs, and maybe the log-softmax buffer."""
+    logits = logits.to(compute_dtype(logits.dtype))
+    log_probs = torch.log_softmax(logits, dim=1, out=workspace)
+    reference, valid = reference_class(target, options, clamp=True)
+    reference_log_prob = log_probs.gather(1, reference.unsqueeze(1)).squeeze(1)
+    class_weight = penalty_weight(weight, reference, valid, logits.dtype)
+    nll = None
+    all_valid = options.probability_target or bool(valid.all())
+    if not options.probability_target:  # the gathered log-probability saves nll_loss's gather
+        nll = torch.mul(class_weight, reference_log_prob).neg_()
+        if not all_valid:  # 0 * -inf on an ignored element would be NaN
+            nll = torch.where(valid, nll, 0.0)
+    kept_valid = None if all_valid else valid
+    ce = cross_entropy_from_log_probs(log_probs, target, weight, options, nll=nll)
+    kept = log_probs if keep_log_probs else None
+    del log_probs
+    if options.penalty_is_off or logits.numel() == 0:
+        zeros = torch.zeros_like(ce)
+        return ce, ElementStatistics(reference, kept_valid, zeros, zeros), kept
+    row_max = logits.amax(dim=1)
+    max_gap = row_max - logits.gather(1, reference.unsqueeze(1)).squeeze(1)
+    candidates = penalty_candidates(max_gap, valid, reference_log_prob, options)
+    penalty, beta_normalizer, penalty_slope, active = penalty_statistics(
+        logits,
+        reference,
+        class_weight,
+        row_max,
+        max_gap,
+        candidates,
+        options.smooth_max_beta,
+        options.scaling_factor,
+        options.penalty_scale,
+        keep_active_rows=keep_active_rows,
+    )
+    loss = ce.addcmul_(class_weight, penalty)  # ce is this function's own tensor
+    statistics = ElementStatistics(reference, kept_valid, beta_normalizer, penalty_slope, *active)
+    return loss, statistics, kept
+
+
+def penalty_statistics(
+    logits: Tensor,
+    reference: Tensor,
+    class_weight: Tensor,
+    row_max: Tensor,
+    max_gap: Tensor,
+    candidates: Tensor,
+    smooth_max_beta: float,
+    scaling_factor: float,
+    penalty_scale: float,
+    *,
+    keep_active_rows: bool = False,
+) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, ...]]:
+    """The penalty ``lambda * tanh(h)`` per element, and what its gradient needs.
+
+    Takes the logits with per-element numbers the caller computed alongside cross-entropy: the
+    row maximum, ``max_gap = max - z[r]`` and :func:`~fairloss._penalty.penalty_candidates`
+    (which a caller may already have narrowed with :func:`~fairloss._penalty.clear_winners`).
+    Returns ``(penalty, beta_normalizer, penalty_slope, active)`` as described in
+    :class:`ElementStatistics`, with ``active`` = ``(active_index, active_beta_softmax)`` when
+    ``keep_active_rows`` (else empty); the penalty is not yet multiplied by the class weight.
+    SmoothMax is computed on the candidates only; the other elements get ``lambda`` (saturated)
+    or 0 (clear winners).
+    """
+    beta, scale, lam = smooth_max_beta, scaling_factor, penalty_scale
+    penalty = max_gap.sign().mul_(lam)  # saturated elements: tanh = 1; winners (gap 0): 0
+    beta_normalizer = torch.zeros_like(penalty)
+    penalty_slope = torch.zeros_like(penalty)
+    flat = candidates.reshape(-1).nonzero().squeeze(1)
+    if flat.numel() > candidates.numel() // 4:
+        # Mostly winners to check (trained logits): read the logits in place rather than
+        # gathering most of them, and drop the clear winners.
+        narrowed = candidates & ~clear_winners(logits, row_max, max_gap, beta)
+        flat = narrowed.reshape(-1).nonzero().squeeze(1)
+    if flat.numel() == 0:
+        return penalty, beta_normalizer, penalty_slope, ()
+
+    rows = logits.movedim(1, -1)[_element_index(flat, logits)]  # (k, C)
+    rows_max = row_max.reshape(-1)[flat]
+    rows_gap = max_gap.reshape(-1)[flat]
+    terms = smooth_max_terms(rows, rows_max, beta)
+    term_sum = terms.sum(dim=1)
+    rows_penalty, slope = penalty_and_slope(
+        rows_gap, term_sum, class_weight.reshape(-1)[flat], beta, scale, lam
+    )
+    margin = winner_margin(logits.dtype, beta)
+    slope.masked_fill_((rows_gap == 0) & runner_up_outside_margin(rows, rows_max, margin), 0.0)
+    penalty.view(-1).index_copy_(0, flat, rows_penalty)
+    penalty_slope.view(-1).index_copy_(0, flat, slope)
+    beta_normalizer.view(-1).index_copy_(0, flat, term_sum)
+    if not keep_active_rows:
+        return penalty, beta_normalizer, penalty_slope, ()
+    active = (slope != 0).nonzero().squeeze(1)  # clear winners out: no gradient to add
+    beta_softmax = beta_softmax_(terms[active], term_sum[active])
+    return penalty, beta_normalizer, penalty_slope, (flat[active], beta_softmax)
+
+
+def _backward(
+    logits: Tensor,
+    target: Tensor,
+    weight: Optional[Tensor],
+    options: FairLossOptions,
+    statistics: ElementStatistics,
+    grad_loss: Tensor,
+    probs: Tensor,
+) -> Tensor:
+    """Cross-entropy's gradient plus the penalty's, built in ``probs``, the logits' softmax.
+
+    On the elements with a nonzero penalty slope the penalty adds
+    ``grad_loss * penalty_slope * (softmax(beta * z) - onehot(r))``.
+    """
+    logits = logits.to(compute_dtype(logits.dtype))
+    grad_loss = grad_loss.to(logits.dtype)
+    if statistics.valid is not None:
+        grad_loss = torch.where(statistics.valid, grad_loss, 0.0)
+    grad = cross_entropy_gradient_(probs, target, weight, options, statistics.reference, grad_loss)
+    penalty_gradient_scale = grad_loss * statistics.penalty_slope
+    if statistics.active_index is None:
+        add_penalty_gradient_(
+            grad,
+            logits,
+            statistics.reference,
+            statistics.beta_normalizer,
+            penalty_gradient_scale,
+            options.smooth_max_beta,
+        )
+    else:
+        assert statistics.active_beta_softmax is not None  # kept together
+        _add_rows_penalty_gradient_(
+            grad,
+            statistics.reference,
+            penalty_gradient_scale,
+            statistics.active_index,
+            statistics.active_beta_softmax,
+        )
+    return grad
+
+
+def add_penalty_gradient_(
+    grad: Tensor,
+    logits: Tensor,
+    reference: Tensor,
+    beta_normalizer: Tensor,
+    penalty_gradient_scale: Tensor,
+    smooth_max_beta: float,
+) -> None:
+    """Add the penalty's gradient ``c * (softmax(beta * z) - onehot(r))`` to ``grad`` in place.
+
+    ``c`` = ``penalty_gradient_scale`` per element; only elements with ``c != 0`` are touched,
+    and ``softmax(beta * z)`` is recomputed on those rows only, exactly as forward computed it:
+    floored ``exp(beta * (z - max))`` terms over ``beta_normalizer``.
+    """
+    flat = penalty_gradient_scale.reshape(-1).nonzero().squeeze(1)
+    if flat.numel() == 0:
+        return
+    rows = logits.movedim(1, -1)[_element_index(flat, logits)]
+    terms = smooth_max_terms(rows, rows.amax(dim=1), smooth_max_beta)
+    beta_softmax = beta_softmax_(terms, beta_normalizer.reshape(-1)[flat])
+    _add_rows_penalty_gradient_(grad, reference, penalty_gradient_scale, flat, beta_softmax)
+
+
+def _element_index(flat: Tensor, logits: Tensor) -> tuple[Tensor, ...]:
+    """Index of flat element positions into ``logits.movedim(1, -1)``: ``(row,)``/``(row, l)``."""
+    if logits.dim() == 2:
+        return (flat,)
+    positions = logits.shape[2]
+    return (flat // positions, flat % positions)
+
+
+def _add_rows_penalty_gradient_(
+    grad: Tensor,
+    reference: Tensor,
+    penalty_gradient_scale: Tensor,
+    flat: Tensor,
+    beta_softmax: Tensor,
+) -> None:
+    """Add ``c * (softmax(beta * z) - onehot(r))`` at the elements ``flat`` of ``grad``."""
+    slope = penalty_gradient_scale.reshape(-1)[flat].unsqueeze(1)
+    penalty_grad = beta_softmax * slope
+    reference_column = reference.reshape(-1)[flat].unsqueeze(1)
+    penalty_grad.scatter_add_(1, reference_column, -slope)
+    # The elements are distinct: gather, add, scatter back (cheaper than an accumulating put).
+    grad_class_last = grad.movedim(1, -1)
+    index = _element_index(flat, grad)
+    grad_class_last[index] = penalty_grad.add_(grad_class_last[index])
+
+
+IMPLEMENTATION = Implementation(
+    "sparse", True, forward, backward, forward_backward, uses_workspace=True
+)
