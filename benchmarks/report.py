@@ -53,7 +53,7 @@ Y_TICKS = (0.5, 0.8, 1.0, 1.2, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.
 
 @dataclass(frozen=True)
 class Goal:
-    """A target of issue 3: ``library``'s ratio to its baseline on the case named ``case``.
+    """A performance target: ``library``'s ratio to its baseline on the case named ``case``.
 
     ``kind`` is ``"time"`` or ``"memory"`` (ratio to the baseline, at most ``bound``) or
     ``"speedup"`` (0.1.1's time over ``fair_loss``'s, at least ``bound``).
@@ -346,7 +346,7 @@ def _memory_table(results: Sequence[Result]) -> list[str]:
 
 def _headline(results: Sequence[Result]) -> list[str]:
     index = _index(results)
-    lines = ["| Goal (issue 3) | Case | Measured | Target | Met |", "|---|---|--:|--:|:-:|"]
+    lines = ["| Goal | Case | Measured | Target | Met |", "|---|---|--:|--:|:-:|"]
     for goal in GOALS:
         if (goal.case, goal.library) not in index:
             continue
@@ -360,7 +360,7 @@ def _headline(results: Sequence[Result]) -> list[str]:
             met = "yes" if (value >= goal.bound if at_least else value <= goal.bound) else "**no**"
         lines.append(f"| {goal.description} | {goal.case} | {measured} | {target} | {met} |")
     if len(lines) == 2:
-        return ["No case of this grid carries one of issue 3's goals."]
+        return ["No case of this grid carries one of the goals."]
     return lines
 
 
@@ -395,6 +395,8 @@ def render_markdown(
         "",
         "Forward+backward cost of `fairloss.fair_loss` against `F.cross_entropy`, written by "
         "`make bench` (`benchmarks/run.py`); regenerate it rather than editing it.",
+        "",
+        "Earlier runs: [benchmark history](benchmark-history.md).",
         "",
         "| | |",
         "|---|---|",

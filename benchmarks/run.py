@@ -133,7 +133,7 @@ def _linear_section(args: argparse.Namespace) -> tuple[Optional[str], bool]:
 def check_grid(grid: Sequence[Case], *, goals: bool) -> None:
     """Refuse a grid before measuring it: repeated case names, or a goal's case missing.
 
-    Repeated names would merge rows of the report; with ``goals``, a case of issue 3's goals
+    Repeated names would merge rows of the report; with ``goals``, a goal's case
     missing from the grid would drop the goal's line from the report without a word.
     """
     names = [case.name for case in grid]

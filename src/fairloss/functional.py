@@ -69,7 +69,7 @@ def fair_loss(
     under ``torch.autocast``, as cross-entropy there). Gradients are exact, double backward
     included (in eager mode); ``torch.compile(fullgraph=True)`` traces it without graph breaks.
     On an accelerator nothing synchronises with the host (no ``.item()``, no data-dependent
-    shape), so it runs on ``device="meta"`` and in CUDA graphs; class indices are checked against
+    shape), so it runs on ``device="meta"`` too; class indices are checked against
     ``[0, C)`` on the CPU only, as a check there would need a sync.
 
     Which code computes it is decided in one place, ``fairloss._impl.select``, and ``impl``

@@ -11,18 +11,22 @@
                    ``nonzero``. ``"auto"`` on the CPU (compiled: above the class threshold).
 =================  ===========================================================================
 
-Why both compiled implementations stay (``make bench``-style timing of forward+backward, CPU
-float32, 2 threads, compiled ``fair_loss`` over compiled ``F.cross_entropy``, medians of
-``torch.utils.benchmark``; see ``docs/benchmarks.md``, "Compiled implementations"):
+Why two implementations run under ``torch.compile`` on the CPU: on the suite's shapes, each is
+faster than the other on its side of :data:`DENSE_COMPILED_MAX_CLASSES` (forward+backward,
+float32, 2 threads, compiled FairLoss over compiled ``F.cross_entropy``; medians of interleaved
+rounds of ``torch.utils.benchmark`` by ``python -m benchmarks.compiled_split``, which writes
+``docs/compiled-split.md``):
 
-=====================  ===========  ============  =================================
-shape                  dense        sparse        faster one, by
-=====================  ===========  ============  =================================
-(16, 21, 64, 64)       1.28x        1.84x         dense, 1.44x
-(4096, 200)            1.17x        1.62x         dense, 1.38x
-(4096, 1000)           1.55x        0.97x         sparse, 1.60x
-(2048, 32000)          1.51x        1.06x         sparse, 1.42x
-=====================  ===========  ============  =================================
+==================  =========  =========  ===================
+shape               dense      sparse     faster, by
+==================  =========  =========  ===================
+(4096, 10)          1.43x      4.36x      dense, 3.05x
+(16, 21, 64, 64)    2.03x      2.42x      dense, 1.19x
+(4096, 1000)        1.55x      0.81x      sparse, 1.92x
+(2048, 32000)       1.06x      0.76x      sparse, 1.39x
+==================  =========  =========  ===================
+
+Off the CPU only ``"dense"`` runs (``"sparse"`` synchronises), so the split is a CPU matter.
 """
 
 from __future__ import annotations

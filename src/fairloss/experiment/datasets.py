@@ -110,7 +110,7 @@ def load_dataset(name: str, data_dir: Union[str, Path] = "data") -> Dataset:
     raise ValueError(expected("name", f"one of {DATASET_NAMES}", repr(name)))
 
 
-def _import_optional(module: str, needed_for: str, install_hint: str) -> Any:
+def import_optional(module: str, needed_for: str, install_hint: str) -> Any:
     try:
         return importlib.import_module(module)
     except ModuleNotFoundError as error:
@@ -123,9 +123,7 @@ def _import_optional(module: str, needed_for: str, install_hint: str) -> Any:
 
 
 def _load_sklearn(name: str) -> Dataset:
-    sklearn_datasets = _import_optional(
-        "sklearn.datasets", f"The dataset {name!r}", DEMO_EXTRA_HINT
-    )
+    sklearn_datasets = import_optional("sklearn.datasets", f"The dataset {name!r}", DEMO_EXTRA_HINT)
     loader: Callable[..., Any] = getattr(sklearn_datasets, _SKLEARN_LOADERS[name])
     features, labels = loader(return_X_y=True)
     pool = LabeledData(
@@ -141,7 +139,7 @@ def _load_torchvision(name: str, data_dir: Path) -> Dataset:
     The dataset class is looked up in ``torchvision.datasets`` at call time, and only its
     ``data``, ``targets`` and ``classes`` attributes are read: no transforms, no PIL.
     """
-    vision_datasets = _import_optional(
+    vision_datasets = import_optional(
         "torchvision.datasets", f"The dataset {name!r}", VISION_EXTRA_HINT
     )
     dataset_class = getattr(vision_datasets, _TORCHVISION_CLASSES[name])

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from fairloss._validation import expected
-from fairloss.experiment.datasets import DEMO_EXTRA_HINT, Dataset, LabeledData, _import_optional
+from fairloss.experiment.datasets import DEMO_EXTRA_HINT, Dataset, LabeledData, import_optional
 
 __all__ = ["Splits", "split_dataset", "standardize"]
 
@@ -64,7 +64,7 @@ def split_dataset(
     ):
         if not 0.0 < fraction < 1.0:
             raise ValueError(expected(name, "a number in (0, 1)", repr(fraction)))
-    model_selection = _import_optional(
+    model_selection = import_optional(
         "sklearn.model_selection", "Splitting a dataset", DEMO_EXTRA_HINT
     )
     pool = dataset.pool
