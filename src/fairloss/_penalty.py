@@ -58,6 +58,7 @@ __all__ = [
     "reference_class",
     "runner_up_outside_margin",
     "saturation_threshold",
+    "smooth_max_normalizer",
     "smooth_max_terms",
     "winner_margin",
 ]
@@ -178,12 +179,22 @@ def smooth_max_terms(logits: Tensor, row_max: Tensor, smooth_max_beta: float) ->
     return scaled.clamp_min_(exp_floor(logits.dtype)).exp_()
 
 
+def smooth_max_normalizer(shifted: Tensor, smooth_max_beta: float) -> Tensor:
+    """SmoothMax's normalizer ``sum_c exp(beta * (z_c - max))``, arguments floored at the floor.
+
+    ``shifted`` is ``z - max``, classes along dimension 1. The floored terms, ``exp(floor)``
+    each, vanish in the rounding of a sum >= 1.
+    """
+    scaled = (shifted * smooth_max_beta).clamp_min(exp_floor(shifted.dtype))
+    return scaled.exp().sum(dim=1)
+
+
 def dense_smooth_max_terms(shifted: Tensor, smooth_max_beta: float) -> Tensor:
     """``exp(beta * (z - max))`` of every logit, 0 where the argument is under the exp floor.
 
     ``shifted`` is ``z - max``, classes along dimension 1. Summed over classes this is SmoothMax's
-    normalizer (the floored terms of :func:`smooth_max_terms`, ``exp(floor)`` each, vanish in the
-    rounding of a sum >= 1); divided by it, ``softmax(beta * z)``, the SmoothMax's gradient.
+    normalizer (:func:`smooth_max_normalizer`, up to its floored terms); divided by it,
+    ``softmax(beta * z)``, the SmoothMax's gradient, with exact zeros under the floor.
     """
     floor = exp_floor(shifted.dtype)
     scaled = (shifted * smooth_max_beta).clamp_min(floor)  # exp far out is slow, and unused
@@ -269,8 +280,7 @@ def fair_loss_composite(
     reference, valid = reference_class(target, options)
     shifted = logits - logits.detach().amax(dim=1, keepdim=True)
     beta = options.smooth_max_beta
-    scaled = (beta * shifted).clamp_min(exp_floor(logits.dtype))
-    log_sum = scaled.exp().sum(dim=1).log()  # max(scaled) = 0: no second max pass
+    log_sum = smooth_max_normalizer(shifted, beta).log()  # max(shifted) = 0: no second max pass
     shifted_reference = shifted.gather(1, reference.unsqueeze(1)).squeeze(1)
     negative_gap = log_sum / beta - shifted_reference
     penalty = options.penalty_scale * torch.tanh(options.scaling_factor * negative_gap / 2)

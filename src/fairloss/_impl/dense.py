@@ -29,6 +29,7 @@ from fairloss._penalty import (
     penalty_and_slope,
     penalty_weight,
     reference_class,
+    smooth_max_normalizer,
 )
 
 __all__ = ["IMPLEMENTATION"]
@@ -59,7 +60,7 @@ def forward(
         zeros = torch.zeros_like(ce)
         return ce, (reference, valid, row_max, log_normalizer, zeros, zeros)
     beta = options.smooth_max_beta
-    beta_normalizer = dense_smooth_max_terms(shifted, beta).sum(dim=1)
+    beta_normalizer = smooth_max_normalizer(shifted, beta)
     penalty, slope = penalty_and_slope(
         max_gap, beta_normalizer, class_weight, beta, options.scaling_factor,
         options.penalty_scale,
@@ -104,4 +105,6 @@ def backward(
     return grad
 
 
-IMPLEMENTATION = Implementation("dense", False, forward, backward)
+IMPLEMENTATION = Implementation(
+    name="dense", synchronizes=False, forward=forward, backward=backward
+)

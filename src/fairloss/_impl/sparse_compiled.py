@@ -181,4 +181,6 @@ def backward(
     return grad
 
 
-IMPLEMENTATION = Implementation("sparse_compiled", True, forward, backward)
+IMPLEMENTATION = Implementation(
+    name="sparse_compiled", synchronizes=True, forward=forward, backward=backward
+)
