@@ -20,10 +20,10 @@ rounds of ``torch.utils.benchmark`` by ``python -m benchmarks.compiled_split``, 
 ==================  =========  =========  ===================
 shape               dense      sparse     faster, by
 ==================  =========  =========  ===================
-(4096, 10)          1.43x      4.36x      dense, 3.05x
-(16, 21, 64, 64)    2.03x      2.42x      dense, 1.19x
-(4096, 1000)        1.55x      0.81x      sparse, 1.92x
-(2048, 32000)       1.06x      0.76x      sparse, 1.39x
+(4096, 10)          1.43x      4.62x      dense, 3.23x
+(16, 21, 64, 64)    1.94x      2.41x      dense, 1.24x
+(4096, 1000)        1.41x      0.73x      sparse, 1.93x
+(2048, 32000)       1.15x      0.85x      sparse, 1.35x
 ==================  =========  =========  ===================
 
 Off the CPU only ``"dense"`` runs (``"sparse"`` synchronises), so the split is a CPU matter.
