@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # A CPU build of torch lies on this machine's disk; a bare `torch` would pull a multi-GB CUDA build.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: setup test lint typecheck pytest demo bench gpu-check docs build clean
+.PHONY: setup test lint typecheck pytest demo bench gpu-check docs docs-check build clean
 
 setup: $(STAMP)
 
@@ -39,8 +39,25 @@ bench: setup
 gpu-check: setup
 	$(BIN)/python -m benchmarks.gpu_check
 
-docs: setup
+# MathJax is served with the site (no CDN): its npm package, unpacked into docs/ (git-ignored).
+MATHJAX_VERSION := 3.2.2
+MATHJAX := docs/javascripts/mathjax/tex-mml-chtml.js
+
+$(MATHJAX):
+	rm -rf $(VENV)/mathjax-pack docs/javascripts/mathjax
+	mkdir -p $(VENV)/mathjax-pack docs/javascripts/mathjax/output/chtml
+	cd $(VENV)/mathjax-pack && npm pack --silent mathjax@$(MATHJAX_VERSION) > /dev/null
+	tar -xzf $(VENV)/mathjax-pack/mathjax-$(MATHJAX_VERSION).tgz -C $(VENV)/mathjax-pack
+	cp $(VENV)/mathjax-pack/package/es5/tex-mml-chtml.js docs/javascripts/mathjax/
+	cp -r $(VENV)/mathjax-pack/package/es5/output/chtml/fonts docs/javascripts/mathjax/output/chtml/
+	cp $(VENV)/mathjax-pack/package/LICENSE docs/javascripts/mathjax/
+
+docs: setup $(MATHJAX)
 	$(BIN)/mkdocs build --strict
+
+# The built site in headless Chromium, from localhost: every formula rendered, no page error.
+docs-check: docs
+	$(BIN)/python docs/_tools/check_in_browser.py site
 
 build: setup
 	rm -rf dist
