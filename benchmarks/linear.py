@@ -63,7 +63,7 @@ from torch import Tensor, nn
 from torch.utils import benchmark
 
 import fairloss
-from benchmarks.memory import _peak_rss_bytes, _reset_peak_rss, run_json_job
+from benchmarks.memory import peak_rss_bytes, reset_peak_rss, run_json_job
 from fairloss.linear import default_chunk_size, linear_fair_loss
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
@@ -181,10 +181,10 @@ def _warmed_up_inputs(job: dict[str, Any]) -> tuple[Callable[..., Tensor], list[
 def measure_memory(job: dict[str, Any]) -> dict[str, Any]:
     """In this fresh process: growth of the peak RSS over one forward+backward, in bytes."""
     loss, inputs = _warmed_up_inputs(job)
-    reset = _reset_peak_rss()
-    baseline, source = _peak_rss_bytes()
+    reset = reset_peak_rss()
+    baseline, source = peak_rss_bytes()
     _forward_backward(loss, inputs)
-    peak, _ = _peak_rss_bytes()
+    peak, _ = peak_rss_bytes()
     return {"peak_bytes": peak - baseline, "peak_method": f"{source}{', reset' if reset else ''}"}
 
 

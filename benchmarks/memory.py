@@ -50,7 +50,7 @@ class MemoryResult(NamedTuple):
     method: str = ""
 
 
-def _peak_rss_bytes() -> tuple[int, str]:
+def peak_rss_bytes() -> tuple[int, str]:
     """This process's peak RSS: ``VmHWM`` where Linux has it, else ``ru_maxrss``.
 
     ``ru_maxrss`` is not used on Linux: after exec it starts at the parent's peak (the kernel
@@ -66,7 +66,7 @@ def _peak_rss_bytes() -> tuple[int, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "ru_maxrss"
 
 
-def _reset_peak_rss() -> bool:
+def reset_peak_rss() -> bool:
     try:
         with open("/proc/self/clear_refs", "w") as clear_refs:
             clear_refs.write("5")  # resets VmHWM (and ru_maxrss) to the current RSS
@@ -93,10 +93,10 @@ def measure_peak_growth(case: Case, library: str, old_path: Optional[str] = None
     inputs = make_inputs(case)
     loss_fn = build_loss(library, case, inputs, old_release)
     gc.collect()
-    was_reset = _reset_peak_rss()
-    baseline, method = _peak_rss_bytes()
+    was_reset = reset_peak_rss()
+    baseline, method = peak_rss_bytes()
     grad = forward_backward(loss_fn, inputs.logits, inputs.target)
-    peak, _ = _peak_rss_bytes()
+    peak, _ = peak_rss_bytes()
     del grad
     method += ", reset" if was_reset else ", not reset"
     return {"peak_bytes": peak - baseline, "baseline_bytes": baseline, "method": method}
