@@ -58,17 +58,21 @@ def _inputs(
     return logits.to(device, dtype), target.to(device), keywords
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
 @pytest.mark.parametrize(("name", "shape", "options"), OPTION_FAMILIES, ids=IDS)
-def test_fair_loss_runs_on_meta_tensors(name: str, shape: tuple[int, ...], options: dict) -> None:
-    logits, target, keywords = _inputs(shape, options, "meta", torch.float32)
+def test_fair_loss_runs_on_meta_tensors(
+    name: str, shape: tuple[int, ...], options: dict, dtype: torch.dtype
+) -> None:
+    logits, target, keywords = _inputs(shape, options, "meta", dtype)
     logits.requires_grad_()
     loss = fair_loss(logits, target, **keywords)
     expected = torch.nn.functional.cross_entropy(
         logits, target, **{k: v for k, v in keywords.items() if k in ("weight", "reduction")}
     )
     assert loss.device.type == "meta" and loss.shape == expected.shape
+    assert loss.dtype == expected.dtype == dtype
     (grad,) = torch.autograd.grad(loss.sum(), logits)
-    assert grad.shape == logits.shape and grad.device.type == "meta"
+    assert grad.shape == logits.shape and grad.device.type == "meta" and grad.dtype == dtype
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])

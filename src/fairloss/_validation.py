@@ -215,8 +215,11 @@ def output_dtype(input: Tensor) -> torch.dtype:
 
     Autocast runs cross-entropy in float32 and returns float32; FairLoss does the same.
     """
-    low_precision = input.dtype in (torch.float16, torch.bfloat16)
-    if low_precision and torch.is_autocast_enabled(input.device.type):
+    device_type = input.device.type
+    if input.dtype not in (torch.float16, torch.bfloat16):
+        return input.dtype
+    # Devices without autocast (meta) make is_autocast_enabled raise.
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
         return torch.float32
     return input.dtype
 
