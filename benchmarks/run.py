@@ -2,7 +2,8 @@
 
 Usage::
 
-    python -m benchmarks.run                       # the full grid, 2 threads, about 10 minutes
+    python -m benchmarks.run                       # the full grid, 2 threads, about an hour
+                                                   # (mostly the linear head's memory runs)
     python -m benchmarks.run --quick --no-compile  # a tiny grid in seconds
 
 It writes ``benchmarks.md``, ``benchmarks.csv`` and ``benchmark_ratio.png`` to ``--out-dir``
