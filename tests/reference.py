@@ -23,8 +23,12 @@ def fair_loss_reference(
     smooth_max_beta: float = 1000.0,
     scaling_factor: float = 1000.0,
     penalty_scale: Optional[float] = None,
+    z_loss_scale: float = 0.0,
 ) -> Tensor:
-    """FairLoss in float64; differentiable w.r.t. ``input`` (and probability ``target``)."""
+    """FairLoss in float64; differentiable w.r.t. ``input`` (and probability ``target``).
+
+    ``z_loss_scale`` adds PaLM's z-loss ``z_loss_scale * logsumexp(z) ** 2`` per counted element.
+    """
     logits = input.double()
     probability_target = target.is_floating_point()
     if logits.dim() == 1:
@@ -62,7 +66,8 @@ def fair_loss_reference(
     gap = logits.gather(1, reference[:, None]).squeeze(1) - smooth_max
     lam = 1.0 / num_classes if penalty_scale is None else penalty_scale
     penalty = lam * torch.tanh(-scaling_factor * gap / 2)
-    loss = cross_entropy + torch.where(valid, class_weight[reference] * penalty, 0.0)
+    z_loss = z_loss_scale * torch.logsumexp(logits, dim=-1) ** 2
+    loss = cross_entropy + torch.where(valid, class_weight[reference] * penalty + z_loss, 0.0)
 
     if reduction == "none":
         return loss.reshape(element_shape)

@@ -148,8 +148,13 @@ def test_fair_loss_on_cuda_never_syncs_and_matches_the_cpu(
 
 @cuda
 @pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"z_loss_scale": 1e-3, "softcap": 5.0, "return_accuracy": True}],
+    ids=["defaults", "z_loss-softcap-accuracy"],
+)
 def test_linear_fair_loss_on_cuda_never_syncs_and_matches_the_cpu(
-    reduction: str, no_sync: None
+    reduction: str, options: dict, no_sync: None
 ) -> None:
     generator = torch.Generator().manual_seed(0)
     hidden = torch.randn(64, 32, generator=generator)
@@ -159,9 +164,12 @@ def test_linear_fair_loss_on_cuda_never_syncs_and_matches_the_cpu(
 
     def run(device: str) -> list[Tensor]:
         x, w = hidden.to(device).requires_grad_(), head.to(device).requires_grad_()
-        loss = linear_fair_loss(x, w, target.to(device), reduction=reduction, chunk_size=16)
+        result = linear_fair_loss(
+            x, w, target.to(device), reduction=reduction, chunk_size=16, **options
+        )
+        loss, *accuracy = result if isinstance(result, tuple) else (result,)
         grads = torch.autograd.grad(loss.sum(), [x, w])
-        return [loss.detach(), *grads]
+        return [loss.detach(), *accuracy, *grads]
 
     on_cuda = run("cuda")
     torch.cuda.set_sync_debug_mode("default")

@@ -1,5 +1,7 @@
 """Cross-entropy's part of FairLoss, for the implementations that compute it by hand.
 
+It also holds the z-loss (:func:`z_loss_and_slope`), the optional term on the same normalizer.
+
 ``F.cross_entropy`` itself is the reference (:func:`fairloss._penalty.fair_loss_composite` calls
 it). The fast implementations need its pieces separately, to share passes over the logits with
 the penalty: the element loss from log-probabilities they already have, its gradient written
@@ -23,6 +25,7 @@ __all__ = [
     "probability_target_gradient",
     "reference_mask",
     "shifted_logits",
+    "z_loss_and_slope",
 ]
 
 
@@ -184,3 +187,13 @@ def shifted_logits(logits: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     row_max = values.amax(dim=1, keepdim=True)
     shifted = values - row_max
     return values, row_max, shifted, shifted.exp().sum(dim=1, keepdim=True).log()
+
+
+def z_loss_and_slope(log_normalizer: Tensor, z_loss_scale: float) -> tuple[Tensor, Tensor]:
+    r"""The z-loss ``z_loss_scale * lse ** 2`` and its slope ``2 * z_loss_scale * lse``.
+
+    ``lse`` is :math:`\log\sum_c e^{z_c}`, the softmax's log-normalizer, per element (PaLM's
+    auxiliary loss, which keeps it near 0). Its gradient with respect to the logits is the slope
+    times ``softmax(z)``. The caller masks ignored elements.
+    """
+    return z_loss_scale * log_normalizer.square(), (2 * z_loss_scale) * log_normalizer

@@ -10,8 +10,13 @@ from torch import Tensor
 
 from fairloss import _impl
 from fairloss import _validation as validation
-from fairloss._cross_entropy import mean_denominator
-from fairloss._penalty import compute_dtype, fair_loss_composite
+from fairloss._cross_entropy import mean_denominator, z_loss_and_slope
+from fairloss._penalty import (
+    FairLossOptions,
+    compute_dtype,
+    fair_loss_composite,
+    reference_class,
+)
 
 __all__ = ["fair_loss"]
 
@@ -27,6 +32,7 @@ def fair_loss(
     smooth_max_beta: float = 1000.0,
     scaling_factor: float = 1000.0,
     penalty_scale: Optional[float] = None,
+    z_loss_scale: float = 0.0,
     impl: str = "auto",
 ) -> Tensor:
     r"""Cross-entropy plus a smooth penalty for predictions whose argmax is wrong.
@@ -42,10 +48,14 @@ def fair_loss(
 
         \ell = \operatorname{CE}(z, y)
                + w_r\,\lambda\,\tanh\!\left(-\tfrac{s}{2}\,\operatorname{gap}\right)
+               + \zeta \big(\log\textstyle\sum_c e^{z_c}\big)^2
 
     where CE is ``F.cross_entropy(..., reduction="none")`` with the same ``weight``,
-    ``ignore_index`` and ``label_smoothing``. The penalty lies in :math:`[0, \lambda)`: close to 0
-    when :math:`z_r` is the clear maximum, close to :math:`\lambda` when another class wins.
+    ``ignore_index`` and ``label_smoothing``, and :math:`\zeta` = ``z_loss_scale`` (0 by
+    default) weighs PaLM's z-loss, which pulls the softmax's log-normalizer towards 0 (not
+    multiplied by the class weight; ignored elements have none). The penalty lies in
+    :math:`[0, \lambda)`: close to 0 when :math:`z_r` is the clear maximum, close to
+    :math:`\lambda` when another class wins.
     It equals the seed release's ``(2 * sigmoid(-s * gap) - 1) / C``. An ignored element has loss 0
     and no gradient. With ``penalty_scale=math.log(C)`` the loss tends, as :math:`\beta` and
     :math:`s` grow, to the Penalized Log Loss of Ahmadian, Ghatee & Wahlström (2025) at logits
@@ -96,6 +106,9 @@ def fair_loss(
             ``1000.0``.
         penalty_scale (float, optional): :math:`\lambda \ge 0`, the penalty's height; ``None``
             means :math:`1/C`. Default: ``None``.
+        z_loss_scale (float, optional): :math:`\zeta \ge 0`, the weight of the z-loss
+            :math:`\zeta \operatorname{logsumexp}(z)^2` added per non-ignored element and
+            reduced with the loss. Default: ``0.0``.
         impl (str, optional): ``"auto"`` | ``"sparse"`` | ``"dense"`` | ``"composite"``, the
             implementation (see above). Default: ``"auto"``.
 
@@ -108,7 +121,8 @@ def fair_loss(
 
     Raises:
         ValueError: ``reduction`` not one of ``("mean", "sum", "none")``; ``smooth_max_beta`` not
-            finite and positive; ``scaling_factor`` or ``penalty_scale`` negative or not finite;
+            finite and positive; ``scaling_factor``, ``penalty_scale`` or ``z_loss_scale``
+            negative or not finite;
             ``label_smoothing`` outside :math:`[0, 1]`; ``target`` fitting neither form; ``weight``
             not of shape :math:`(C,)`; ``ignore_index`` set with probability targets; ``impl``
             unknown; on CPU, a class index outside :math:`[0, C)` that is not ``ignore_index``.
@@ -144,6 +158,7 @@ def fair_loss(
         scaling_factor=scaling_factor,
         penalty_scale=penalty_scale,
     )
+    z_loss_scale = validation.check_non_negative_finite("z_loss_scale", z_loss_scale)
     output_dtype = validation.output_dtype(input)
     rows, target_rows, element_shape = _as_rows(input, target, options.probability_target)
 
@@ -155,6 +170,8 @@ def fair_loss(
     else:
         function = _impl.autograd_function_for(implementation)
         element_loss = function.apply(rows, target_rows, weight, options)
+    if z_loss_scale > 0:
+        element_loss = element_loss + _z_loss(rows, target_rows, options, z_loss_scale)
 
     if reduction == "none":
         return element_loss.reshape(element_shape).to(output_dtype)
@@ -162,6 +179,14 @@ def fair_loss(
     if reduction == "mean":
         total = total / mean_denominator(rows, target_rows, weight, options)
     return total.to(output_dtype)
+
+
+def _z_loss(rows: Tensor, target: Tensor, options: FairLossOptions, z_loss_scale: float) -> Tensor:
+    """The z-loss of every element, 0 on ignored ones; autograd derives its gradient."""
+    log_normalizer = torch.logsumexp(rows.to(compute_dtype(rows.dtype)), dim=1)
+    z_loss, _ = z_loss_and_slope(log_normalizer, z_loss_scale)
+    _, valid = reference_class(target, options)
+    return torch.where(valid, z_loss, 0.0)
 
 
 def _as_rows(

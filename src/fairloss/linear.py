@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Literal, Optional, Union, overload
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +22,7 @@ _MIN_CHUNK_NUMBERS = 2**20
 _MAX_CHUNK_NUMBERS = 2**24
 
 
+@overload
 def linear_fair_loss(
     input: Tensor,
     linear_weight: Tensor,
@@ -35,9 +36,77 @@ def linear_fair_loss(
     smooth_max_beta: float = 1000.0,
     scaling_factor: float = 1000.0,
     penalty_scale: Optional[float] = None,
+    z_loss_scale: float = 0.0,
+    softcap: Optional[float] = None,
     chunk_size: Optional[int] = None,
+    return_accuracy: Literal[False] = False,
     impl: str = "auto",
-) -> Tensor:
+) -> Tensor: ...
+
+
+@overload
+def linear_fair_loss(
+    input: Tensor,
+    linear_weight: Tensor,
+    target: Tensor,
+    *,
+    linear_bias: Optional[Tensor] = None,
+    weight: Optional[Tensor] = None,
+    reduction: str = "mean",
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    smooth_max_beta: float = 1000.0,
+    scaling_factor: float = 1000.0,
+    penalty_scale: Optional[float] = None,
+    z_loss_scale: float = 0.0,
+    softcap: Optional[float] = None,
+    chunk_size: Optional[int] = None,
+    return_accuracy: Literal[True],
+    impl: str = "auto",
+) -> tuple[Tensor, Tensor]: ...
+
+
+@overload
+def linear_fair_loss(
+    input: Tensor,
+    linear_weight: Tensor,
+    target: Tensor,
+    *,
+    linear_bias: Optional[Tensor] = None,
+    weight: Optional[Tensor] = None,
+    reduction: str = "mean",
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    smooth_max_beta: float = 1000.0,
+    scaling_factor: float = 1000.0,
+    penalty_scale: Optional[float] = None,
+    z_loss_scale: float = 0.0,
+    softcap: Optional[float] = None,
+    chunk_size: Optional[int] = None,
+    return_accuracy: bool = False,
+    impl: str = "auto",
+) -> Union[Tensor, tuple[Tensor, Tensor]]: ...
+
+
+def linear_fair_loss(
+    input: Tensor,
+    linear_weight: Tensor,
+    target: Tensor,
+    *,
+    linear_bias: Optional[Tensor] = None,
+    weight: Optional[Tensor] = None,
+    reduction: str = "mean",
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    smooth_max_beta: float = 1000.0,
+    scaling_factor: float = 1000.0,
+    penalty_scale: Optional[float] = None,
+    z_loss_scale: float = 0.0,
+    softcap: Optional[float] = None,
+    chunk_size: Optional[int] = None,
+    return_accuracy: bool = False,
+    impl: str = "auto",
+) -> Union[Tensor, tuple[Tensor, Tensor]]:
     r"""FairLoss of a linear layer's output, computed in row chunks without the full logits.
 
     For rows :math:`x_n \in \mathbb{R}^H` of ``input``, a head
@@ -48,6 +117,13 @@ def linear_fair_loss(
     .. math::
         \ell_n = \operatorname{CE}(z_n, y_n) + w_{y_n}\,\lambda\,
             \tanh\!\Big(\tfrac{s}{2}\big(\operatorname{SmoothMax}_\beta(z_n) - z_{n,y_n}\big)\Big)
+            + \zeta \big(\log\textstyle\sum_c e^{z_{n,c}}\big)^2
+
+    With ``softcap`` :math:`c`, the logits are capped first, :math:`z_n = c\tanh((W x_n + b)/c)`
+    (Gemma 2's final-logit softcapping), and everything, gradient included, is computed on the
+    capped logits. :math:`\zeta` = ``z_loss_scale`` weighs PaLM's z-loss (0 by default).
+    ``return_accuracy=True`` also returns the share of non-ignored rows whose logits' argmax
+    (first on ties) is the target, counted in the chunks (0 when every row is ignored).
 
     The rows are processed ``chunk_size`` at a time: a chunk's logits are built, turned into
     loss and logits gradient, and folded into the gradients of ``input``, ``linear_weight`` and
@@ -60,6 +136,8 @@ def linear_fair_loss(
     Equivalent to (up to floating-point rounding)::
 
         logits = F.linear(input, linear_weight, linear_bias)
+        if softcap is not None:
+            logits = softcap * torch.tanh(logits / softcap)
         fair_loss(logits.reshape(-1, V), target.reshape(-1), weight, ...)  # "none": reshaped back
 
     with the class dimension last, as :func:`torch.nn.functional.linear_cross_entropy` takes it.
@@ -69,7 +147,8 @@ def linear_fair_loss(
     dtype. Double backward is not supported: a backward with ``create_graph=True`` raises
     ``RuntimeError`` (use :func:`fairloss.fair_loss` on ``F.linear(...)`` for higher derivatives,
     and for probability targets). A second backward through one result (``retain_graph=True``)
-    works and recomputes the logits.
+    works and recomputes the logits. ``torch.compile(linear_fair_loss, fullgraph=True)`` traces
+    it without graph breaks (it then keeps ignored rows and masks them, as off the CPU).
 
     Args:
         input (Tensor): hidden states, the linear layer's input.
@@ -88,10 +167,17 @@ def linear_fair_loss(
         scaling_factor (float, optional): :math:`s \ge 0`. Default: ``1000.0``.
         penalty_scale (float, optional): :math:`\lambda \ge 0`; ``None`` means :math:`1/V`.
             Default: ``None``.
+        z_loss_scale (float, optional): :math:`\zeta \ge 0`, weight of the z-loss
+            :math:`\zeta \operatorname{logsumexp}(z_n)^2` added to each non-ignored row's loss.
+            Default: ``0.0``.
+        softcap (float, optional): :math:`c > 0` caps the logits at :math:`c\tanh(z/c)`;
+            ``None``: no cap. Default: ``None``.
         chunk_size (int, optional): rows per chunk; ``None`` picks
             :func:`default_chunk_size` (chunk logits about a quarter of the head's size, between
             4 and 64 MB). Smaller chunks use less memory and more, smaller matrix products.
             Default: ``None``.
+        return_accuracy (bool, optional): also return the accuracy of the non-ignored rows, a
+            scalar tensor without gradient. Default: ``False``.
         impl (str, optional): the implementation of the loss on each chunk, as in
             :func:`fairloss.fair_loss`: ``"auto"`` (``"sparse"`` on the CPU, ``"dense"``
             elsewhere, where nothing synchronises with the host), ``"sparse"``, ``"dense"``, or
@@ -102,7 +188,8 @@ def linear_fair_loss(
         - input: :math:`(*, H)`, any number of leading dimensions (none included).
         - linear_weight: :math:`(V, H)`.
         - target: :math:`(*)`, the leading dimensions of ``input``.
-        - output: a scalar; with ``reduction="none"``, :math:`(*)`.
+        - output: a scalar; with ``reduction="none"``, :math:`(*)`. With ``return_accuracy``,
+          ``(output, accuracy)``, the accuracy a scalar.
 
     Raises:
         TypeError: ``input`` not a floating point tensor; ``linear_weight`` or ``linear_bias`` of
@@ -123,17 +210,29 @@ def linear_fair_loss(
         tensor([0.4076, 2.0136, 0.0000])
         >>> linear_fair_loss(hidden, head, target)
         tensor(1.2106)
+        >>> linear_fair_loss(hidden, head, target, softcap=1.0, return_accuracy=True)
+        (tensor(1.2429), tensor(0.5000))
     """
     validation.check_reduction(reduction)
     validation.check_implementation(impl, _impl.IMPLEMENTATION_NAMES)
     num_classes = _check_shapes(input, linear_weight, linear_bias, target)
+    z_loss_scale = validation.check_non_negative_finite("z_loss_scale", z_loss_scale)
+    if softcap is not None:
+        softcap = validation.check_positive_finite("softcap", softcap)
+    if not isinstance(return_accuracy, bool):
+        raise TypeError(
+            validation.expected("return_accuracy", "a bool", type(return_accuracy).__name__)
+        )
     target = target.long()
+    compiling = torch.compiler.is_compiling()
     implementation = _impl.select(
-        impl, device=input.device, num_classes=num_classes, compiling=False
+        impl, device=input.device, num_classes=num_classes, compiling=compiling
     )
     if implementation is None:  # the composite: fair_loss on the full logits
         logits = F.linear(input, linear_weight, linear_bias)
-        return fair_loss(
+        if softcap is not None:
+            logits = softcap * torch.tanh(logits / softcap)
+        loss = fair_loss(
             logits.reshape(-1, num_classes),
             target.reshape(-1),
             weight,
@@ -143,15 +242,22 @@ def linear_fair_loss(
             smooth_max_beta=smooth_max_beta,
             scaling_factor=scaling_factor,
             penalty_scale=penalty_scale,
+            z_loss_scale=z_loss_scale,
             impl="composite",
         ).reshape(target.shape if reduction == "none" else ())
+        if not return_accuracy:
+            return loss
+        with torch.no_grad():
+            valid = target != ignore_index
+            correct = ((logits.argmax(dim=-1) == target) & valid).sum()
+        return loss, _accuracy(correct, valid, compute_dtype(input.dtype))
     options = validation.resolve_options(
         num_classes,
         target,
         weight,
         compute_dtype=compute_dtype(input.dtype),
         probability_target=False,
-        check_targets=True,
+        check_targets=not compiling,
         ignore_index=ignore_index,
         label_smoothing=label_smoothing,
         smooth_max_beta=smooth_max_beta,
@@ -168,19 +274,32 @@ def linear_fair_loss(
     settings = LinearFairLossSettings(
         options=options,
         implementation=implementation,
-        drop_ignored_rows=implementation.synchronizes,
+        drop_ignored_rows=implementation.synchronizes and not compiling,
         summed=reduction != "none",
         chunk_size=chunk_size,
         grad_enabled=torch.is_grad_enabled(),
+        softcap=softcap,
+        z_loss_scale=z_loss_scale,
+        count_correct=return_accuracy,
     )
-    loss = LinearFairLossFunction.apply(
+    loss, correct = LinearFairLossFunction.apply(
         rows, linear_weight, linear_bias, target_rows, weight, settings
     )
     if reduction == "none":
-        return loss.reshape(target.shape).to(input.dtype)
-    if reduction == "mean":
+        loss = loss.reshape(target.shape)
+    elif reduction == "mean":
         loss = loss / mean_denominator(rows, target_rows, weight, options)
-    return loss.to(input.dtype)
+    loss = loss.to(input.dtype)
+    if not return_accuracy:
+        return loss
+    return loss, _accuracy(correct, target_rows != options.ignore_index, loss.dtype)
+
+
+def _accuracy(correct: Tensor, valid: Tensor, dtype: torch.dtype) -> Tensor:
+    """``correct`` over the number of valid rows, in ``dtype`` (at least float32); 0 without any."""
+    dtype = torch.promote_types(dtype, torch.float32)
+    count = valid.sum()
+    return torch.where(count > 0, correct / count.clamp_min(1), 0.0).to(dtype)
 
 
 def default_chunk_size(num_rows: int, hidden_size: int, num_classes: int) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from torch import Tensor, nn
 
@@ -45,12 +45,19 @@ class LinearFairLoss(nn.Module):
         scaling_factor (float, optional): :math:`s \ge 0`. Default: ``1000.0``.
         penalty_scale (float, optional): :math:`\lambda \ge 0`; ``None`` means :math:`1/C`.
             Default: ``None``.
+        z_loss_scale (float, optional): weight of the z-loss ``logsumexp(z) ** 2`` per
+            non-ignored row. Default: ``0.0``.
+        softcap (float, optional): caps the logits at ``softcap * tanh(z / softcap)``
+            before the loss. Default: ``None`` (no cap).
         chunk_size (int, optional): rows per chunk; ``None`` chooses. Default: ``None``.
+        return_accuracy (bool, optional): ``forward`` also returns the accuracy of the
+            non-ignored rows, computed in the chunks. Default: ``False``.
 
     Shape:
         - Input: :math:`(*, H)`.
         - Target: :math:`(*)`, class indices.
-        - Output: scalar; with ``reduction="none"``, :math:`(*)`.
+        - Output: scalar; with ``reduction="none"``, :math:`(*)`. With ``return_accuracy``,
+          ``(output, accuracy)``.
 
     Raises:
         ValueError: an option out of range, or ``weight`` not of shape :math:`(C,)`.
@@ -86,7 +93,10 @@ class LinearFairLoss(nn.Module):
         smooth_max_beta: float = 1000.0,
         scaling_factor: float = 1000.0,
         penalty_scale: Optional[float] = None,
+        z_loss_scale: float = 0.0,
+        softcap: Optional[float] = None,
         chunk_size: Optional[int] = None,
+        return_accuracy: bool = False,
     ) -> None:
         super().__init__()
         validation.check_reduction(reduction)
@@ -100,11 +110,19 @@ class LinearFairLoss(nn.Module):
         self.penalty_scale = validation.check_optional_non_negative_finite(
             "penalty_scale", penalty_scale
         )
+        self.z_loss_scale = validation.check_non_negative_finite("z_loss_scale", z_loss_scale)
+        self.softcap = (
+            None if softcap is None else validation.check_positive_finite("softcap", softcap)
+        )
         self.chunk_size = None if chunk_size is None else validation.check_chunk_size(chunk_size)
+        if not isinstance(return_accuracy, bool):
+            got = type(return_accuracy).__name__
+            raise TypeError(validation.expected("return_accuracy", "a bool", got))
+        self.return_accuracy = return_accuracy
         self.linear = nn.Linear(in_features, num_classes, bias=bias, device=device, dtype=dtype)
         self.register_buffer("weight", weight)
 
-    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+    def forward(self, input: Tensor, target: Tensor) -> Union[Tensor, tuple[Tensor, Tensor]]:
         return linear_fair_loss(
             input,
             self.linear.weight,
@@ -117,7 +135,10 @@ class LinearFairLoss(nn.Module):
             smooth_max_beta=self.smooth_max_beta,
             scaling_factor=self.scaling_factor,
             penalty_scale=self.penalty_scale,
+            z_loss_scale=self.z_loss_scale,
+            softcap=self.softcap,
             chunk_size=self.chunk_size,
+            return_accuracy=self.return_accuracy,
         )
 
     def extra_repr(self) -> str:
@@ -136,6 +157,12 @@ class LinearFairLoss(nn.Module):
             settings.append(f"ignore_index={self.ignore_index}")
         if self.label_smoothing != 0.0:
             settings.append(f"label_smoothing={self.label_smoothing}")
+        if self.z_loss_scale != 0.0:
+            settings.append(f"z_loss_scale={self.z_loss_scale}")
+        if self.softcap is not None:
+            settings.append(f"softcap={self.softcap}")
         if self.chunk_size is not None:
             settings.append(f"chunk_size={self.chunk_size}")
+        if self.return_accuracy:
+            settings.append("return_accuracy=True")
         return ", ".join(settings)

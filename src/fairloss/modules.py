@@ -52,6 +52,8 @@ class FairLoss(nn.Module):
         label_smoothing (float, optional): in :math:`[0, 1]`. Default: ``0.0``.
         penalty_scale (float, optional): :math:`\lambda \ge 0`; ``None`` means :math:`1/C`.
             Default: ``None``.
+        z_loss_scale (float, optional): weight of the z-loss ``logsumexp(z) ** 2`` added per
+            non-ignored element (see :func:`fairloss.fair_loss`). Default: ``0.0``.
 
     Shape:
         - Input: :math:`(C)`, :math:`(N, C)` or :math:`(N, C, d_1, ..., d_K)`.
@@ -92,9 +94,11 @@ class FairLoss(nn.Module):
         ignore_index: int = -100,
         label_smoothing: float = 0.0,
         penalty_scale: Optional[float] = None,
+        z_loss_scale: float = 0.0,
     ) -> None:
         super().__init__()
         validation.check_reduction(reduction)
+        self.z_loss_scale = validation.check_non_negative_finite("z_loss_scale", z_loss_scale)
         self.smooth_max_beta = validation.check_positive_finite("smooth_max_beta", smooth_max_beta)
         self.scaling_factor = validation.check_non_negative_finite("scaling_factor", scaling_factor)
         self.penalty_scale = validation.check_optional_non_negative_finite(
@@ -153,6 +157,7 @@ class FairLoss(nn.Module):
             smooth_max_beta=self.smooth_max_beta,
             scaling_factor=self.scaling_factor,
             penalty_scale=self.penalty_scale,
+            z_loss_scale=self.z_loss_scale,
         )
 
     def extra_repr(self) -> str:
@@ -162,6 +167,8 @@ class FairLoss(nn.Module):
             f"reduction={self.reduction!r}",
             f"penalty_scale={self.penalty_scale}",
         ]
+        if self.z_loss_scale != 0.0:
+            settings.append(f"z_loss_scale={self.z_loss_scale}")
         if self.cross_entropy.weight is not None:
             settings.append("weight=Tensor" + str(list(self.cross_entropy.weight.shape)))
         if self.cross_entropy.ignore_index != -100:

@@ -9,6 +9,13 @@ matrix product; otherwise every row goes through and the implementation masks th
 For a summed loss the gradients are computed during forward (the loss is linear in its upstream
 gradient, a scalar) and backward only scales them; for per-row losses (and a second backward)
 forward's O(rows) statistics are kept and the logits recomputed.
+
+Three options act on each chunk's logits around the implementation: the softcap
+``c * tanh(z / c)`` is applied to the logits in place after the product (and its derivative
+``1 - tanh**2`` multiplied into their gradient before it is folded back); the z-loss
+(:func:`fairloss._cross_entropy.z_loss_and_slope`) adds to the row losses and, through
+``softmax(z)``, to their gradient; and the count of rows whose argmax is the target is taken
+from the (capped) logits for ``return_accuracy``.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from typing import Any, NamedTuple, Optional
 import torch
 from torch import Tensor
 
+from fairloss._cross_entropy import z_loss_and_slope
 from fairloss._impl.base import Implementation, Saved
 from fairloss._penalty import FairLossOptions, compute_dtype
 
@@ -33,7 +41,9 @@ class LinearFairLossSettings:
     ``grad_enabled`` is the caller's grad mode (forward runs without it, and ``needs_input_grad``
     does not see ``torch.no_grad()``): without it no gradient is precomputed.
     ``drop_ignored_rows`` removes the ignored rows before the matrix products (it synchronises:
-    for implementations that do anyway).
+    for implementations that do anyway). ``softcap`` (None: none) caps the logits at
+    ``c * tanh(z / c)``; ``z_loss_scale`` weighs the z-loss; ``count_correct`` counts the kept
+    rows whose (capped) logits' argmax is the target.
     """
 
     options: FairLossOptions
@@ -42,6 +52,9 @@ class LinearFairLossSettings:
     summed: bool
     chunk_size: int
     grad_enabled: bool
+    softcap: Optional[float] = None
+    z_loss_scale: float = 0.0
+    count_correct: bool = False
 
 
 class _Chunk(NamedTuple):
@@ -51,6 +64,14 @@ class _Chunk(NamedTuple):
     input_rows: Optional[Tensor]  # row indices into the input, or None when no row is dropped
     hidden: Tensor  # (rows, H) in the compute dtype
     target: Tensor  # (rows,)
+
+
+class ZLoss(NamedTuple):
+    """A chunk's z-loss per row, its slope (both 0 on ignored rows) and ``logsumexp(z)``."""
+
+    value: Tensor
+    slope: Tensor
+    log_normalizer: Tensor
 
 
 class _Head:
@@ -66,6 +87,9 @@ class _Head:
     ) -> None:
         self.dtype = compute_dtype(input.dtype)
         self.input = input
+        self.softcap = settings.softcap
+        self.z_loss_scale = settings.z_loss_scale
+        self.ignore_index = settings.options.ignore_index
         # A bfloat16/float16 weight is cast once, so the products accumulate in float32.
         self.weight = linear_weight.to(self.dtype)
         self.bias = None if linear_bias is None else linear_bias.to(self.dtype)
@@ -100,11 +124,50 @@ class _Head:
             yield _Chunk(positions, input_rows, hidden.to(self.dtype), target)
 
     def logits(self, hidden: Tensor) -> Tensor:
-        """``hidden @ W.T + b``, written into the logits buffer every chunk reuses."""
+        """``hidden @ W.T + b`` (softcapped), written into the buffer every chunk reuses."""
         logits = self._logits_buffer[: hidden.shape[0]]
         if self.bias is None:
-            return torch.mm(hidden, self.weight.T, out=logits)
-        return torch.addmm(self.bias, hidden, self.weight.T, out=logits)
+            torch.mm(hidden, self.weight.T, out=logits)
+        else:
+            torch.addmm(self.bias, hidden, self.weight.T, out=logits)
+        if self.softcap is not None:
+            logits.div_(self.softcap).tanh_().mul_(self.softcap)
+        return logits
+
+    def z_loss(self, logits: Tensor, target: Tensor) -> Optional[ZLoss]:
+        """The chunk's z-loss per row, 0 on ignored rows (None without a z-loss)."""
+        if self.z_loss_scale == 0:
+            return None
+        log_normalizer = torch.logsumexp(logits, dim=1)
+        value, slope = z_loss_and_slope(log_normalizer, self.z_loss_scale)
+        valid = target != self.ignore_index
+        return ZLoss(torch.where(valid, value, 0.0), torch.where(valid, slope, 0.0), log_normalizer)
+
+    def finish_gradient_(
+        self,
+        grad_logits: Tensor,
+        logits: Tensor,
+        z_loss: Optional[ZLoss],
+        grad_rows: Optional[Tensor],
+    ) -> None:
+        """Add the z-loss's gradient, then take the softcap's derivative, in place.
+
+        The z-loss adds ``g * slope * softmax(z)`` (``grad_rows`` is ``g``, None for ones); the
+        softcap multiplies by ``1 - (z / c) ** 2``, computed over the logits buffer, which is not
+        needed afterwards.
+        """
+        if z_loss is not None:
+            scale = z_loss.slope if grad_rows is None else grad_rows * z_loss.slope
+            probs = (logits - z_loss.log_normalizer.unsqueeze(1)).exp_()
+            grad_logits.add_(probs.mul_(scale.unsqueeze(1)))
+        if self.softcap is not None:
+            derivative = logits.div_(self.softcap).square_().neg_().add_(1)
+            grad_logits.mul_(derivative)
+
+    def count_correct(self, logits: Tensor, target: Tensor) -> Tensor:
+        """How many rows of the chunk have their argmax (first on ties) at the target."""
+        hits = (logits.argmax(dim=1) == target) & (target != self.ignore_index)
+        return hits.sum()
 
     def workspace(self, rows: int) -> Optional[Tensor]:
         """The implementation's logits-sized workspace for a chunk of ``rows`` (or None)."""
@@ -162,7 +225,8 @@ class _Gradients:
 
 
 class LinearFairLossFunction(torch.autograd.Function):
-    """Summed or per-row FairLoss of ``input @ linear_weight.T + linear_bias`` against ``target``.
+    """Summed or per-row FairLoss of ``input @ linear_weight.T + linear_bias`` against ``target``,
+    and the number of rows whose argmax is the target (0 unless ``settings.count_correct``).
 
     Inputs: ``input`` ``(M, H)``, ``linear_weight`` ``(V, H)`` of the same dtype,
     ``linear_bias`` ``(V,)`` or None, class indices ``target`` ``(M,)``, class weights ``(V,)``
@@ -185,7 +249,7 @@ class LinearFairLossFunction(torch.autograd.Function):
         target: Tensor,
         weight: Optional[Tensor],
         settings: LinearFairLossSettings,
-    ) -> Tensor:
+    ) -> tuple[Tensor, Tensor]:
         options, implementation = settings.options, settings.implementation
         head = _Head(input, linear_weight, linear_bias, target, settings)
         needs_input, needs_weight, needs_bias = ctx.needs_input_grad[:3]
@@ -194,9 +258,13 @@ class LinearFairLossFunction(torch.autograd.Function):
         if settings.summed and settings.grad_enabled and needs_any:
             gradients = _Gradients(head, needs_input, needs_weight, needs_bias)
         row_losses = input.new_zeros(head.num_kept, dtype=head.dtype)
+        correct = input.new_zeros((), dtype=torch.long)
         chunk_statistics = []
         for chunk in head.chunks(settings.chunk_size):
             logits = head.logits(chunk.hidden)
+            if settings.count_correct:
+                correct += head.count_correct(logits, chunk.target)
+            z_loss = head.z_loss(logits, chunk.target)
             # Compact statistics: kept rows of softmax(beta * z) would add up over chunks.
             if gradients is None:
                 loss, statistics = implementation.forward(
@@ -206,24 +274,28 @@ class LinearFairLossFunction(torch.autograd.Function):
                 loss, statistics, grad_logits = implementation.forward_backward(
                     logits, chunk.target, weight, options, head.workspace(len(logits))
                 )
+                head.finish_gradient_(grad_logits, logits, z_loss, None)
                 gradients.add_chunk(head, chunk, grad_logits)
                 del grad_logits  # before the next chunk's temporaries exist
-            row_losses[chunk.positions] = loss
+            row_losses[chunk.positions] = loss if z_loss is None else loss + z_loss.value
             chunk_statistics.append(statistics)
 
         ctx.settings = settings
         ctx.gradients = gradients
         ctx.chunk_statistics = chunk_statistics
         ctx.save_for_backward(input, linear_weight, linear_bias, target, weight)
+        ctx.mark_non_differentiable(correct)
         if settings.summed:
-            return row_losses.sum()
+            return row_losses.sum(), correct
         if head.kept_rows is None:
-            return row_losses
+            return row_losses, correct
         losses = input.new_zeros(input.shape[0], dtype=head.dtype)
-        return losses.index_copy_(0, head.kept_rows, row_losses)
+        return losses.index_copy_(0, head.kept_rows, row_losses), correct
 
     @staticmethod
-    def backward(ctx: Any, grad_output: Tensor) -> tuple[Optional[Tensor], ...]:
+    def backward(
+        ctx: Any, grad_output: Tensor, grad_correct: Optional[Tensor]
+    ) -> tuple[Optional[Tensor], ...]:
         if torch.is_grad_enabled():
             raise RuntimeError(
                 "linear_fair_loss has no double backward: its backward cannot be differentiated "
@@ -249,15 +321,18 @@ class LinearFairLossFunction(torch.autograd.Function):
         statistics: Saved
         for chunk, statistics in zip(head.chunks(settings.chunk_size), ctx.chunk_statistics):
             logits = head.logits(chunk.hidden)
+            z_loss = head.z_loss(logits, chunk.target)
+            chunk_grad_rows = grad_rows[chunk.positions]
             grad_logits = implementation.backward(
                 logits,
                 chunk.target,
                 weight,
                 options,
                 statistics,
-                grad_rows[chunk.positions],
+                chunk_grad_rows,
                 head.workspace(len(logits)),
             )
+            head.finish_gradient_(grad_logits, logits, z_loss, chunk_grad_rows)
             gradients.add_chunk(head, chunk, grad_logits)
             del grad_logits
         return (*gradients.scaled_(None), None, None, None)
