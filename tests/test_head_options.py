@@ -330,3 +330,18 @@ def test_compiled_linear_fair_loss_fullgraph_matches_eager(classes: int, reducti
     torch.testing.assert_close(accuracy, expected_accuracy)
     for grad, expected_grad in zip(grads, expected_grads):
         torch.testing.assert_close(grad, expected_grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_compiled_linear_fair_loss_without_grad_and_for_the_weight_alone() -> None:
+    torch._dynamo.reset()
+    input, weight, _, target = _head(rows=16, classes=20, hidden=8)
+    compiled = torch.compile(linear_fair_loss, fullgraph=True)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            compiled(input, weight, target), linear_fair_loss(input, weight, target)
+        )
+    weight.requires_grad_()
+    (grad,) = torch.autograd.grad(compiled(input, weight, target, chunk_size=3), [weight])
+    (expected,) = torch.autograd.grad(linear_fair_loss(input, weight, target), [weight])
+    torch.testing.assert_close(grad, expected, rtol=1e-10, atol=1e-12)

@@ -12,6 +12,7 @@ from fairloss import _impl
 from fairloss import _validation as validation
 from fairloss._cross_entropy import mean_denominator
 from fairloss._impl.chunked_linear import LinearFairLossFunction, LinearFairLossSettings
+from fairloss._impl.chunked_linear_op import linear_fair_loss_compiled
 from fairloss._penalty import compute_dtype
 from fairloss.functional import fair_loss
 
@@ -148,7 +149,8 @@ def linear_fair_loss(
     ``RuntimeError`` (use :func:`fairloss.fair_loss` on ``F.linear(...)`` for higher derivatives,
     and for probability targets). A second backward through one result (``retain_graph=True``)
     works and recomputes the logits. ``torch.compile(linear_fair_loss, fullgraph=True)`` traces
-    it without graph breaks (it then keeps ignored rows and masks them, as off the CPU).
+    it without graph breaks: the chunk loop runs as two custom operators the compiler does not
+    look into (so compiling does not grow with the number of chunks) and gives the eager result.
 
     Args:
         input (Tensor): hidden states, the linear layer's input.
@@ -225,8 +227,9 @@ def linear_fair_loss(
         )
     target = target.long()
     compiling = torch.compiler.is_compiling()
+    # Compiled, the chunks still run eagerly, inside a custom operator: select as eagerly.
     implementation = _impl.select(
-        impl, device=input.device, num_classes=num_classes, compiling=compiling
+        impl, device=input.device, num_classes=num_classes, compiling=False
     )
     if implementation is None:  # the composite: fair_loss on the full logits
         logits = F.linear(input, linear_weight, linear_bias)
@@ -274,7 +277,7 @@ def linear_fair_loss(
     settings = LinearFairLossSettings(
         options=options,
         implementation=implementation,
-        drop_ignored_rows=implementation.synchronizes and not compiling,
+        drop_ignored_rows=implementation.synchronizes,
         summed=reduction != "none",
         chunk_size=chunk_size,
         grad_enabled=torch.is_grad_enabled(),
@@ -282,9 +285,8 @@ def linear_fair_loss(
         z_loss_scale=z_loss_scale,
         count_correct=return_accuracy,
     )
-    loss, correct = LinearFairLossFunction.apply(
-        rows, linear_weight, linear_bias, target_rows, weight, settings
-    )
+    run = linear_fair_loss_compiled if compiling else LinearFairLossFunction.apply
+    loss, correct = run(rows, linear_weight, linear_bias, target_rows, weight, settings)
     if reduction == "none":
         loss = loss.reshape(target.shape)
     elif reduction == "mean":

@@ -174,14 +174,16 @@ class _Head:
         return None if self._workspace is None else self._workspace[:rows]
 
 
-class _Gradients:
+class Gradients:
     """Accumulators for the gradients of ``input``, ``linear_weight`` and ``linear_bias``.
 
     They are kept in the compute dtype (the input's gradient in the input's dtype) and cast to
     the input's dtype, which the weight and bias share, when handed out.
     """
 
-    def __init__(self, head: _Head, needs_input: bool, needs_weight: bool, needs_bias: bool):
+    def __init__(
+        self, head: _Head, needs_input: bool, needs_weight: bool, needs_bias: bool
+    ) -> None:
         input = head.input
         self.dtype = input.dtype
         self.any_kept = head.any_kept
@@ -224,6 +226,113 @@ class _Gradients:
         return tuple(results)
 
 
+class ChunkedForward(NamedTuple):
+    """What :func:`chunked_forward` returns: the loss, the correct-row count, the gradients
+    computed on the way (summed losses only, else None) and each chunk's statistics."""
+
+    loss: Tensor
+    correct: Tensor
+    gradients: Optional[Gradients]
+    chunk_statistics: list[Saved]
+
+
+def chunked_forward(
+    input: Tensor,
+    linear_weight: Tensor,
+    linear_bias: Optional[Tensor],
+    target: Tensor,
+    weight: Optional[Tensor],
+    settings: LinearFairLossSettings,
+    needs_grad: tuple[bool, bool, bool],
+) -> ChunkedForward:
+    """The loss chunk by chunk; for a summed loss, also the gradients ``needs_grad`` asks for.
+
+    ``needs_grad`` says which of ``input``, ``linear_weight`` and ``linear_bias`` want a
+    gradient. The loss is the sum of the row losses when ``settings.summed``, else the ``(M,)``
+    row losses (0 on ignored rows), in the compute dtype.
+    """
+    options, implementation = settings.options, settings.implementation
+    head = _Head(input, linear_weight, linear_bias, target, settings)
+    gradients = None
+    if settings.summed and settings.grad_enabled and any(needs_grad):
+        gradients = Gradients(head, *needs_grad)
+    row_losses = input.new_zeros(head.num_kept, dtype=head.dtype)
+    correct = input.new_zeros((), dtype=torch.long)
+    chunk_statistics = []
+    for chunk in head.chunks(settings.chunk_size):
+        logits = head.logits(chunk.hidden)
+        if settings.count_correct:
+            correct += head.count_correct(logits, chunk.target)
+        z_loss = head.z_loss(logits, chunk.target)
+        # Compact statistics: kept rows of softmax(beta * z) would add up over chunks.
+        if gradients is None:
+            loss, statistics = implementation.forward(
+                logits, chunk.target, weight, options, True, head.workspace(len(logits))
+            )
+        else:
+            loss, statistics, grad_logits = implementation.forward_backward(
+                logits, chunk.target, weight, options, head.workspace(len(logits))
+            )
+            head.finish_gradient_(grad_logits, logits, z_loss, None)
+            gradients.add_chunk(head, chunk, grad_logits)
+            del grad_logits  # before the next chunk's temporaries exist
+        row_losses[chunk.positions] = loss if z_loss is None else loss + z_loss.value
+        chunk_statistics.append(statistics)
+
+    if settings.summed:
+        total = row_losses.sum()
+    elif head.kept_rows is None:
+        total = row_losses
+    else:
+        total = input.new_zeros(input.shape[0], dtype=head.dtype)
+        total.index_copy_(0, head.kept_rows, row_losses)
+    return ChunkedForward(total, correct, gradients, chunk_statistics)
+
+
+def chunked_backward(
+    input: Tensor,
+    linear_weight: Tensor,
+    linear_bias: Optional[Tensor],
+    target: Tensor,
+    weight: Optional[Tensor],
+    settings: LinearFairLossSettings,
+    needs_grad: tuple[bool, bool, bool],
+    grad_output: Tensor,
+    chunk_statistics: Optional[list[Saved]],
+) -> tuple[Optional[Tensor], ...]:
+    """The gradients of ``input``, ``linear_weight`` and ``linear_bias``, recomputing the logits.
+
+    ``grad_output`` is the upstream gradient of :func:`chunked_forward`'s loss; each chunk's
+    statistics are forward's when given, else recomputed.
+    """
+    options, implementation = settings.options, settings.implementation
+    head = _Head(input, linear_weight, linear_bias, target, settings)
+    gradients = Gradients(head, *needs_grad)
+    grad_rows = grad_output.to(head.dtype)
+    if settings.summed:
+        grad_rows = grad_rows.expand(head.num_kept)
+    elif head.kept_rows is not None:
+        grad_rows = grad_rows.index_select(0, head.kept_rows)
+    for index, chunk in enumerate(head.chunks(settings.chunk_size)):
+        logits = head.logits(chunk.hidden)
+        workspace = head.workspace(len(logits))
+        if chunk_statistics is None:
+            _, statistics = implementation.forward(
+                logits, chunk.target, weight, options, True, workspace
+            )
+        else:
+            statistics = chunk_statistics[index]
+        z_loss = head.z_loss(logits, chunk.target)
+        chunk_grad_rows = grad_rows[chunk.positions]
+        grad_logits = implementation.backward(
+            logits, chunk.target, weight, options, statistics, chunk_grad_rows, workspace
+        )
+        head.finish_gradient_(grad_logits, logits, z_loss, chunk_grad_rows)
+        gradients.add_chunk(head, chunk, grad_logits)
+        del grad_logits
+    return gradients.scaled_(None)
+
+
 class LinearFairLossFunction(torch.autograd.Function):
     """Summed or per-row FairLoss of ``input @ linear_weight.T + linear_bias`` against ``target``,
     and the number of rows whose argmax is the target (0 unless ``settings.count_correct``).
@@ -250,47 +359,22 @@ class LinearFairLossFunction(torch.autograd.Function):
         weight: Optional[Tensor],
         settings: LinearFairLossSettings,
     ) -> tuple[Tensor, Tensor]:
-        options, implementation = settings.options, settings.implementation
-        head = _Head(input, linear_weight, linear_bias, target, settings)
         needs_input, needs_weight, needs_bias = ctx.needs_input_grad[:3]
-        gradients = None
-        needs_any = needs_input or needs_weight or needs_bias
-        if settings.summed and settings.grad_enabled and needs_any:
-            gradients = _Gradients(head, needs_input, needs_weight, needs_bias)
-        row_losses = input.new_zeros(head.num_kept, dtype=head.dtype)
-        correct = input.new_zeros((), dtype=torch.long)
-        chunk_statistics = []
-        for chunk in head.chunks(settings.chunk_size):
-            logits = head.logits(chunk.hidden)
-            if settings.count_correct:
-                correct += head.count_correct(logits, chunk.target)
-            z_loss = head.z_loss(logits, chunk.target)
-            # Compact statistics: kept rows of softmax(beta * z) would add up over chunks.
-            if gradients is None:
-                loss, statistics = implementation.forward(
-                    logits, chunk.target, weight, options, True, head.workspace(len(logits))
-                )
-            else:
-                loss, statistics, grad_logits = implementation.forward_backward(
-                    logits, chunk.target, weight, options, head.workspace(len(logits))
-                )
-                head.finish_gradient_(grad_logits, logits, z_loss, None)
-                gradients.add_chunk(head, chunk, grad_logits)
-                del grad_logits  # before the next chunk's temporaries exist
-            row_losses[chunk.positions] = loss if z_loss is None else loss + z_loss.value
-            chunk_statistics.append(statistics)
-
+        result = chunked_forward(
+            input,
+            linear_weight,
+            linear_bias,
+            target,
+            weight,
+            settings,
+            (needs_input, needs_weight, needs_bias),
+        )
         ctx.settings = settings
-        ctx.gradients = gradients
-        ctx.chunk_statistics = chunk_statistics
+        ctx.gradients = result.gradients
+        ctx.chunk_statistics = result.chunk_statistics
         ctx.save_for_backward(input, linear_weight, linear_bias, target, weight)
-        ctx.mark_non_differentiable(correct)
-        if settings.summed:
-            return row_losses.sum(), correct
-        if head.kept_rows is None:
-            return row_losses, correct
-        losses = input.new_zeros(input.shape[0], dtype=head.dtype)
-        return losses.index_copy_(0, head.kept_rows, row_losses), correct
+        ctx.mark_non_differentiable(result.correct)
+        return result.loss, result.correct
 
     @staticmethod
     def backward(
@@ -302,37 +386,21 @@ class LinearFairLossFunction(torch.autograd.Function):
                 "(create_graph=True). Use fair_loss(F.linear(...)) where higher derivatives are "
                 "needed."
             )
-        settings: LinearFairLossSettings = ctx.settings
-        precomputed: Optional[_Gradients] = ctx.gradients
+        precomputed: Optional[Gradients] = ctx.gradients
         if precomputed is not None:
             ctx.gradients = None  # handed out, scaled in place: a second backward recomputes
             return (*precomputed.scaled_(grad_output), None, None, None)
-
         input, linear_weight, linear_bias, target, weight = ctx.saved_tensors
-        options, implementation = settings.options, settings.implementation
-        head = _Head(input, linear_weight, linear_bias, target, settings)
         needs_input, needs_weight, needs_bias = ctx.needs_input_grad[:3]
-        gradients = _Gradients(head, needs_input, needs_weight, needs_bias)
-        grad_rows = grad_output.to(head.dtype)
-        if settings.summed:
-            grad_rows = grad_rows.expand(head.num_kept)
-        elif head.kept_rows is not None:
-            grad_rows = grad_rows.index_select(0, head.kept_rows)
-        statistics: Saved
-        for chunk, statistics in zip(head.chunks(settings.chunk_size), ctx.chunk_statistics):
-            logits = head.logits(chunk.hidden)
-            z_loss = head.z_loss(logits, chunk.target)
-            chunk_grad_rows = grad_rows[chunk.positions]
-            grad_logits = implementation.backward(
-                logits,
-                chunk.target,
-                weight,
-                options,
-                statistics,
-                chunk_grad_rows,
-                head.workspace(len(logits)),
-            )
-            head.finish_gradient_(grad_logits, logits, z_loss, chunk_grad_rows)
-            gradients.add_chunk(head, chunk, grad_logits)
-            del grad_logits
-        return (*gradients.scaled_(None), None, None, None)
+        gradients = chunked_backward(
+            input,
+            linear_weight,
+            linear_bias,
+            target,
+            weight,
+            ctx.settings,
+            (needs_input, needs_weight, needs_bias),
+            grad_output,
+            ctx.chunk_statistics,
+        )
+        return (*gradients, None, None, None)
