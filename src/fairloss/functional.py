@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from typing import Optional
 
 import torch
@@ -82,6 +83,11 @@ def fair_loss(
     shape), so it runs on ``device="meta"`` too; class indices are checked against
     ``[0, C)`` on the CPU only, as a check there would need a sync.
 
+    A ``DTensor`` sharded on the class dimension (the output of tensor parallelism's
+    ``ColwiseParallel(use_local_output=False)``) is computed by
+    :func:`fairloss.distributed.fair_loss_on_dtensor` (eagerly): the value of the gathered logits
+    on every rank, the gradient flowing back to the shards.
+
     Which code computes it is decided in one place, ``fairloss._impl.select``, and ``impl``
     overrides it: ``"sparse"`` computes SmoothMax only on the elements whose penalty is not
     saturated (found with ``nonzero``: the CPU default, fastest there); ``"dense"`` computes
@@ -140,6 +146,15 @@ def fair_loss(
         >>> fair_loss(logits, target, scaling_factor=0.0, reduction="none")  # cross-entropy
         tensor([1.0920, 0.9681])
     """
+    if not torch.compiler.is_compiling() and _is_dtensor(input):
+        from fairloss.distributed import fair_loss_on_dtensor  # it imports this module
+
+        return fair_loss_on_dtensor(
+            input, target, weight, ignore_index=ignore_index, reduction=reduction,
+            label_smoothing=label_smoothing, smooth_max_beta=smooth_max_beta,
+            scaling_factor=scaling_factor, penalty_scale=penalty_scale,
+            z_loss_scale=z_loss_scale, impl=impl,
+        )  # fmt: skip
     validation.check_reduction(reduction)
     validation.check_implementation(impl, _impl.IMPLEMENTATION_NAMES)
     validation.check_logits(input)
@@ -179,6 +194,12 @@ def fair_loss(
     if reduction == "mean":
         total = total / mean_denominator(rows, target_rows, weight, options)
     return total.to(output_dtype)
+
+
+def _is_dtensor(input: object) -> bool:
+    """Whether ``input`` is a ``DTensor`` (none exists before its module is imported)."""
+    dtensor_module = sys.modules.get("torch.distributed.tensor")
+    return dtensor_module is not None and isinstance(input, dtensor_module.DTensor)
 
 
 def _z_loss(rows: Tensor, target: Tensor, options: FairLossOptions, z_loss_scale: float) -> Tensor:
