@@ -85,8 +85,9 @@ def fair_loss(
 
     A ``DTensor`` sharded on the class dimension (the output of tensor parallelism's
     ``ColwiseParallel(use_local_output=False)``) is computed by
-    :func:`fairloss.distributed.fair_loss_on_dtensor` (eagerly): the value of the gathered logits
-    on every rank, the gradient flowing back to the shards.
+    :func:`fairloss.distributed.fair_loss_on_dtensor`, eagerly (not under ``torch.compile``, and
+    without double backward): the value of the gathered logits on every rank, the gradient
+    flowing back to the shards.
 
     Which code computes it is decided in one place, ``fairloss._impl.select``, and ``impl``
     overrides it: ``"sparse"`` computes SmoothMax only on the elements whose penalty is not
@@ -146,7 +147,16 @@ def fair_loss(
         >>> fair_loss(logits, target, scaling_factor=0.0, reduction="none")  # cross-entropy
         tensor([1.0920, 0.9681])
     """
-    if not torch.compiler.is_compiling() and _is_dtensor(input):
+    if _is_dtensor(input):
+        if torch.compiler.is_compiling():
+            raise TypeError(
+                validation.expected(
+                    "input",
+                    "a plain tensor under torch.compile (DTensor logits run eagerly, through "
+                    "fairloss.distributed.fair_loss_on_dtensor)",
+                    "a DTensor",
+                )
+            )
         from fairloss.distributed import fair_loss_on_dtensor  # it imports this module
 
         return fair_loss_on_dtensor(

@@ -225,6 +225,8 @@ def linear_fair_loss(
         raise TypeError(
             validation.expected("return_accuracy", "a bool", type(return_accuracy).__name__)
         )
+    if chunk_size is not None:
+        chunk_size = validation.check_chunk_size(chunk_size)
     target = target.long()
     compiling = torch.compiler.is_compiling()
     # Compiled, the chunks still run eagerly, inside a custom operator: select as eagerly.
@@ -272,8 +274,6 @@ def linear_fair_loss(
     target_rows = target.reshape(-1)
     if chunk_size is None:
         chunk_size = default_chunk_size(rows.shape[0], hidden_size, num_classes)
-    else:
-        chunk_size = validation.check_chunk_size(chunk_size)
     settings = LinearFairLossSettings(
         options=options,
         implementation=implementation,

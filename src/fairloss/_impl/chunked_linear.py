@@ -210,6 +210,11 @@ class Gradients:
         if self.bias is not None:
             self.bias.add_(grad_logits.sum(dim=0))
 
+    def unscaled(self) -> tuple[Optional[Tensor], ...]:
+        """The three accumulators as they are: for an upstream gradient of 1, the input's in its
+        dtype, the weight's and bias's in the compute dtype."""
+        return self.input, self.weight, self.bias
+
     def scaled_(self, scale: Optional[Tensor]) -> tuple[Optional[Tensor], ...]:
         """The three gradients, multiplied in place by ``scale``, in the input's dtype.
 
@@ -313,6 +318,8 @@ def chunked_backward(
         grad_rows = grad_rows.expand(head.num_kept)
     elif head.kept_rows is not None:
         grad_rows = grad_rows.index_select(0, head.kept_rows)
+    if head.kept_rows is None:  # ignored rows get none, even from an inf or NaN upstream
+        grad_rows = torch.where(head.target != options.ignore_index, grad_rows, 0.0)
     for index, chunk in enumerate(head.chunks(settings.chunk_size)):
         logits = head.logits(chunk.hidden)
         workspace = head.workspace(len(logits))

@@ -11,8 +11,9 @@ chunks (an LM head's 8192 rows make 64 at the default chunk size): on this proje
 treats as opaque calls: compilation no longer depends on the number of chunks (the same 64
 chunks: 18 s) and the compiled result is the eager one.
 
-For a summed loss the forward operator also returns the gradients it computed along the way,
-and backward scales them; for per-row losses backward recomputes each chunk. Gradients the call
+For a summed loss the forward operator also returns the gradients it computed along the way
+(for an upstream gradient of 1, the weight's and bias's in the compute dtype), and backward
+scales them; for per-row losses backward recomputes each chunk. Gradients the call
 does not need come back as empty tensors.
 
 This module deliberately has no ``from __future__ import annotations``: ``custom_op`` reads the
@@ -112,8 +113,8 @@ def _forward_op(
         input, linear_weight, linear_bias, target, weight, settings, needs_grad
     )
     grads: tuple[Optional[Tensor], ...] = (None, None, None)
-    if result.gradients is not None:
-        grads = result.gradients.scaled_(None)
+    if result.gradients is not None:  # scaled in backward, in the compute dtype, as eagerly
+        grads = result.gradients.unscaled()
     return (
         result.loss,
         result.correct,
@@ -150,10 +151,12 @@ def _forward_fake(
     correct = input.new_empty((), dtype=torch.long)
     grads_computed = summed  # the flags say whether grad mode is on
     grad_input = torch.empty_like(input) if grads_computed and needs_input_grad else None
-    grad_weight = torch.empty_like(linear_weight) if grads_computed and needs_weight_grad else None
+    grad_weight = None
+    if grads_computed and needs_weight_grad:
+        grad_weight = torch.empty_like(linear_weight, dtype=dtype)
     grad_bias = None
     if grads_computed and needs_bias_grad and linear_bias is not None:
-        grad_bias = torch.empty_like(linear_bias)
+        grad_bias = torch.empty_like(linear_bias, dtype=dtype)
     return (
         loss,
         correct,
@@ -227,10 +230,6 @@ def _backward_fake(
     return grad_input, grad_weight, grad_bias
 
 
-# Inputs of the forward operator after the five tensors, in order; backward passes them on.
-_OPTION_COUNT = 11
-
-
 def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
     input, linear_weight, linear_bias, target, weight = inputs[:5]
     ctx.arguments = inputs[5:]
@@ -249,7 +248,11 @@ def _backward(ctx: Any, grad_output: Tensor, *unused: Any) -> tuple[Optional[Ten
         flag and wanted for flag, wanted in zip(needs, ctx.needs_input_grad[:3])
     )
     if ctx.grads_computed:
-        grads = [grad * grad_output.to(grad.dtype) for grad in precomputed]
+        # Forward's gradients are for an upstream gradient of 1. Without a counted row they are 0,
+        # and stay 0 where an all-ignored "mean" brings 1 / 0.
+        any_kept = (target != ignore_index).any()
+        scale = torch.where(any_kept, grad_output, 0.0)
+        grads = [(grad * scale.to(grad.dtype)).to(input.dtype) for grad in precomputed]
     else:
         grads = list(
             _backward_op(
@@ -262,7 +265,7 @@ def _backward(ctx: Any, grad_output: Tensor, *unused: Any) -> tuple[Optional[Ten
     grad_input = grads[0] if needs_input else None
     grad_weight = grads[1] if needs_weight else None
     grad_bias = grads[2] if needs_bias and ctx.has_bias else None
-    return (grad_input, grad_weight, grad_bias) + (None,) * (2 + _OPTION_COUNT + 3)
+    return (grad_input, grad_weight, grad_bias, None, None) + (None,) * len(ctx.arguments)
 
 
 _forward_op.register_autograd(_backward, setup_context=_setup_context)
