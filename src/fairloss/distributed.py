@@ -551,7 +551,9 @@ def vocab_parallel_fair_loss(
     """
     validation.check_reduction(reduction)
     if not isinstance(local_logits, Tensor) or not local_logits.is_floating_point():
-        got = local_logits.dtype if isinstance(local_logits, Tensor) else type(local_logits)
+        got = (
+            local_logits.dtype if isinstance(local_logits, Tensor) else type(local_logits).__name__
+        )
         raise TypeError(validation.expected("local_logits", "a floating point tensor", got))
     if local_logits.dim() != 2:
         raise ValueError(
@@ -827,7 +829,11 @@ def _check_head(input: Tensor, linear_weight: Tensor, linear_bias: Optional[Tens
         raise ValueError(validation.expected("input", "a tensor of shape (*, H)", "a scalar"))
     hidden_size = input.shape[-1]
     if not isinstance(linear_weight, Tensor) or linear_weight.dtype != input.dtype:
-        got = linear_weight.dtype if isinstance(linear_weight, Tensor) else type(linear_weight)
+        got = (
+            linear_weight.dtype
+            if isinstance(linear_weight, Tensor)
+            else type(linear_weight).__name__
+        )
         raise TypeError(
             validation.expected(
                 "local_linear_weight", f"a tensor of the input's dtype {input.dtype}", got
@@ -900,6 +906,11 @@ def fair_loss_on_dtensor(
             replicated ``DTensor``).
         weight (Tensor, optional): class weights of the whole vocabulary, :math:`(C)`; each rank
             uses its slice. Default: ``None``.
+
+    Shape:
+        - input: :math:`(N, C)` globally; each rank holds :math:`(N, C_r)`.
+        - target: :math:`(N)`.
+        - output: a scalar; with ``reduction="none"``, :math:`(N)`, the same on every rank.
 
     Raises:
         TypeError: ``input`` is not a ``DTensor``.

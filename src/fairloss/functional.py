@@ -115,7 +115,8 @@ def fair_loss(
             means :math:`1/C`. Default: ``None``.
         z_loss_scale (float, optional): :math:`\zeta \ge 0`, the weight of the z-loss
             :math:`\zeta \operatorname{logsumexp}(z)^2` added per non-ignored element and
-            reduced with the loss. Default: ``0.0``.
+            reduced with the loss (``"mean"`` divides it by the same total target weight).
+            Default: ``0.0``.
         impl (str, optional): ``"auto"`` | ``"sparse"`` | ``"dense"`` | ``"composite"``, the
             implementation (see above). Default: ``"auto"``.
 

@@ -170,8 +170,8 @@ def linear_fair_loss(
         penalty_scale (float, optional): :math:`\lambda \ge 0`; ``None`` means :math:`1/V`.
             Default: ``None``.
         z_loss_scale (float, optional): :math:`\zeta \ge 0`, weight of the z-loss
-            :math:`\zeta \operatorname{logsumexp}(z_n)^2` added to each non-ignored row's loss.
-            Default: ``0.0``.
+            :math:`\zeta \operatorname{logsumexp}(z_n)^2` added to each non-ignored row's loss
+            (``"mean"`` divides it by the same total target weight). Default: ``0.0``.
         softcap (float, optional): :math:`c > 0` caps the logits at :math:`c\tanh(z/c)`;
             ``None``: no cap. Default: ``None``.
         chunk_size (int, optional): rows per chunk; ``None`` picks
