@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # A CPU build of torch lies on this machine's disk; a bare `torch` would pull a multi-GB CUDA build.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: setup test lint typecheck pytest demo bench gpu-check docs docs-check build clean
+.PHONY: setup test lint typecheck pytest demo study bench gpu-check docs docs-check build clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,12 @@ test: lint pytest
 
 demo: setup
 	$(BIN)/fairloss compare
+
+# The grid behind docs/evidence.md: 2160 small runs on 2 worker processes, 31 minutes on 2 cores
+# shared with other work. Resumable: runs already in results/study/runs.jsonl are skipped
+# (`$(BIN)/fairloss study --fresh` starts over; `--core-grid` runs 1440 of them).
+study: setup
+	$(BIN)/fairloss study
 
 bench: setup
 	$(BIN)/python -m benchmarks.run

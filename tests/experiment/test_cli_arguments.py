@@ -21,8 +21,25 @@ def _usage_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     ("argv", "message"),
     [
         (
-            ["compare", "--losses", "ce", "focal"],
-            "argument --losses: invalid choice: 'focal' (choose from",
+            ["compare", "--losses", "ce", "hinge"],
+            "argument --losses: Expected argument `losses` to be a loss spec NAME[:KEY=VALUE,...] "
+            "with NAME one of ('ce', 'fairloss', 'fairloss-pll', 'ce-label-smoothing', 'focal', "
+            "'poly1'), but got the name 'hinge' in 'hinge'.",
+        ),
+        (
+            ["compare", "--losses", "ce", "fairloss:scaling_factor=10,beta=3"],
+            "argument --losses: Expected argument `losses` to be a key of 'fairloss', one of "
+            "('scaling_factor', 'smooth_max_beta', 'penalty_scale', 'label_smoothing'), but got "
+            "the key 'beta' in 'fairloss:scaling_factor=10,beta=3'.",
+        ),
+        (
+            ["compare", "--losses", "focal:gamma=-2"],
+            "argument --losses: Expected argument `gamma` to be a finite number larger than or "
+            "equal to 0, but got -2.0.",
+        ),
+        (
+            ["compare", "--noise-type", "asymmetric"],
+            "argument --noise-type: invalid choice: 'asymmetric' (choose from",
         ),
         (["compare", "--dataset", "imagenet"], "argument --dataset: invalid choice: 'imagenet'"),
         (
@@ -81,6 +98,39 @@ def test_defaults_are_the_demo_configuration() -> None:
     assert args.noise == [0.0, 0.3] and args.seeds == [0, 1, 2]
     assert (args.epochs, args.batch_size, args.lr, args.threads) == (100, 128, 1e-3, 1)
     assert str(args.out) == "results" and args.device == torch.device("cpu") and not args.quiet
+    assert args.noise_type == "symmetric"
+
+
+def test_loss_specs_are_parsed_into_canonical_text() -> None:
+    args = build_parser().parse_args(
+        ["compare", "--losses", "ce", "focal:gamma=2.0", "fairloss:penalty_scale=log(C)"]
+    )
+    assert args.losses == ["ce", "focal:gamma=2", "fairloss:penalty_scale=logC"]
+
+
+def test_help_lists_every_loss_name_and_key(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "10000")  # no wrapping (argparse breaks lines at hyphens)
+    for command in ("compare", "study"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        help_text = " ".join(capsys.readouterr().out.split())
+        assert "NAME:KEY=VALUE,KEY=VALUE" in help_text
+        for name_and_keys in (
+            "ce: cross-entropy (F.cross_entropy); keys: label_smoothing [0]",
+            "fairloss: FairLoss, by default with its library defaults (penalty_scale = 1/C); "
+            "keys: scaling_factor [1000], smooth_max_beta [1000], penalty_scale [1/C], "
+            "label_smoothing [0]",
+            "fairloss-pll:",
+            "penalty_scale [logC]",
+            "ce-label-smoothing:",
+            "focal: multi-class focal loss -(1 - p_y)^gamma log p_y (Lin et al. 2017); keys: "
+            "gamma [2]",
+            "poly1: Poly-1: cross-entropy + epsilon (1 - p_y) (Leng et al. 2022); keys: "
+            "epsilon [1]",
+        ):
+            assert name_and_keys in help_text, (command, name_and_keys)
 
 
 def test_a_missing_demo_package_names_the_extra(

@@ -205,3 +205,58 @@ def test_console_script_and_module_entry_points() -> None:
     assert completed.returncode == 0
     help_text = " ".join(completed.stdout.split())  # argparse wraps to the terminal's width
     assert "--noise RATE [RATE ...]" in help_text and "round(rate * n_train)" in help_text
+    assert "--noise-type {symmetric,pair}" in help_text
+
+
+ACCEPTANCE = [
+    "compare",
+    "--dataset",
+    "wine",
+    "--losses",
+    "ce",
+    "focal",
+    "poly1",
+    "fairloss:scaling_factor=10",
+    "--seeds",
+    "0",
+    "1",
+    "--epochs",
+    "5",
+]
+
+
+def test_acceptance_command_prints_paired_differences(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The issue's acceptance command: loss specs, baselines and the paired differences."""
+    assert main([*ACCEPTANCE, "--out", str(tmp_path), "--quiet"]) == 0
+    stdout = capsys.readouterr().out
+    assert (tmp_path / "table.txt").read_text() == stdout
+    main_table, paired_table = stdout.split("\n\nPaired differences against ce (same seeds)")
+    assert [row[:2] for row in _table_rows(main_table)] == [
+        [loss, noise]
+        for noise in ("0", "0.3")
+        for loss in ("ce", "focal", "poly1", "fairloss:scaling_factor=10")
+    ]
+    rows = _table_rows(paired_table)
+    assert [row[:3] for row in rows] == [
+        [loss, noise, "2"]
+        for noise in ("0", "0.3")
+        for loss in ("focal", "poly1", "fairloss:scaling_factor=10")
+    ]
+    document = json.loads((tmp_path / "runs.json").read_text())
+    by_key = {(run["loss"], run["noise"], run["seed"]): run for run in document["runs"]}
+    for row, entry in zip(rows, document["paired"]):
+        assert (entry["loss"], entry["reference"], entry["seeds"]) == (row[0], "ce", [0, 1])
+        # Each cell is the mean over seeds of (loss - ce), in percentage points for accuracy.
+        differences = [
+            by_key[(entry["loss"], entry["noise"], seed)]["test_accuracy"]
+            - by_key[("ce", entry["noise"], seed)]["test_accuracy"]
+            for seed in (0, 1)
+        ]
+        accuracy = entry["test"]["accuracy"]
+        assert accuracy["mean"] == pytest.approx(sum(differences) / 2)
+        assert row[3].startswith(f"{100 * accuracy['mean']:+.1f}")
+        assert row[3].endswith("~") == accuracy["within_noise"]
+        nll = entry["test"]["nll"]
+        assert (nll["low"] <= 0 <= nll["high"]) == nll["within_noise"]

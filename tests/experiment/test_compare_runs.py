@@ -9,7 +9,7 @@ import torch
 
 from fairloss.experiment import runner
 from fairloss.experiment.datasets import Dataset
-from fairloss.experiment.noise import symmetric_label_noise
+from fairloss.experiment.noise import add_label_noise
 from fairloss.experiment.runner import RunResult, RunSpec, run_experiment, run_grid
 from fairloss.experiment.splits import split_dataset
 from fairloss.experiment.training import SELECTION_METRICS, TrainingConfig
@@ -74,12 +74,13 @@ def test_noise_touches_the_training_labels_only(digits: Dataset, monkeypatch: An
 def test_noise_is_shared_by_all_losses_of_a_seed(digits: Dataset, monkeypatch: Any) -> None:
     noisy_labels: list[torch.Tensor] = []
 
-    def recording_noise(labels, rate, num_classes, generator):
-        noisy = symmetric_label_noise(labels, rate, num_classes, generator)
+    def recording_noise(labels, rate, num_classes, generator, noise_type):
+        assert noise_type == "symmetric"
+        noisy = add_label_noise(labels, rate, num_classes, generator, noise_type)
         noisy_labels.append(noisy)
         return noisy
 
-    monkeypatch.setattr(runner, "symmetric_label_noise", recording_noise)
+    monkeypatch.setattr(runner, "add_label_noise", recording_noise)
     run_grid(digits, ["ce", "fairloss"], [0.3], [0, 1], TrainingConfig(epochs=1), progress=False)
     assert len(noisy_labels) == 4
     assert torch.equal(noisy_labels[0], noisy_labels[1])  # seed 0: ce, fairloss
@@ -104,6 +105,27 @@ def test_selected_checkpoints_are_the_best_validation_epochs(digits: Dataset) ->
             config=TrainingConfig(epochs=result.selected_epochs[name], batch_size=64),
         )
         assert result.selected_test_accuracy[name] == stopped.test["accuracy"]
+        # Every test score of the selected checkpoint is kept, not only its accuracy.
+        assert result.selected_test[name] == stopped.test
+
+
+def test_pair_noise_reaches_the_training_labels_only(digits: Dataset, monkeypatch: Any) -> None:
+    seed = 2
+    clean = split_dataset(digits, seed)
+    trained_on: dict[str, Any] = {}
+    real_train_model = runner.train_model
+
+    def recording_train_model(model, loss_function, train, validation, config, generator):
+        trained_on["train_labels"] = train.labels
+        return real_train_model(model, loss_function, train, validation, config, generator)
+
+    monkeypatch.setattr(runner, "train_model", recording_train_model)
+    result = run_experiment(digits, clean, RunSpec("focal", 0.2, seed, "pair"), TINY)
+
+    changed = trained_on["train_labels"] != clean.train.labels
+    assert int(changed.sum()) == round(0.2 * len(clean.train)) == result.noisy_labels
+    assert torch.equal(trained_on["train_labels"][changed], (clean.train.labels[changed] + 1) % 10)
+    assert result.noise_type == "pair" and torch.equal(result.test_labels, clean.test.labels)
 
 
 @pytest.mark.parametrize(

@@ -1,13 +1,22 @@
-"""Symmetric label noise: exact count, only different classes, uniform among them."""
+"""Label noise: symmetric (exact count, only different classes, uniform among them) and
+pair-flip (exact count, each flip to the next class)."""
 
 from __future__ import annotations
+
+from typing import Callable
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fairloss.experiment.noise import noisy_label_count, symmetric_label_noise
+from fairloss.experiment.noise import (
+    NOISE_TYPES,
+    add_label_noise,
+    noisy_label_count,
+    pair_flip_label_noise,
+    symmetric_label_noise,
+)
 
 
 @settings(max_examples=60, deadline=None)
@@ -73,15 +82,72 @@ def test_rate_outside_unit_interval_raises(rate: float) -> None:
         symmetric_label_noise(torch.tensor([0, 1]), rate, 2, torch.Generator())
 
 
-def test_bad_labels_or_class_count_raise() -> None:
+@pytest.mark.parametrize("noise", [symmetric_label_noise, pair_flip_label_noise])
+def test_bad_labels_or_class_count_raise(noise: Callable[..., torch.Tensor]) -> None:
     generator = torch.Generator()
     with pytest.raises(ValueError, match="Expected argument `num_classes` to be an integer of at"):
-        symmetric_label_noise(torch.tensor([0, 0]), 0.5, 1, generator)
+        noise(torch.tensor([0, 0]), 0.5, 1, generator)
     with pytest.raises(TypeError, match="Expected argument `labels` to be an integer tensor"):
-        symmetric_label_noise(torch.tensor([0.0, 1.0]), 0.5, 2, generator)
+        noise(torch.tensor([0.0, 1.0]), 0.5, 2, generator)
     with pytest.raises(
         ValueError, match=r"Expected argument `labels` to be a tensor of shape \(N,\)"
     ):
-        symmetric_label_noise(torch.zeros(2, 2, dtype=torch.long), 0.5, 2, generator)
+        noise(torch.zeros(2, 2, dtype=torch.long), 0.5, 2, generator)
     with pytest.raises(ValueError, match=r"class indices in \[0, 3\), but got \[0, 3\]"):
-        symmetric_label_noise(torch.tensor([0, 3]), 0.5, 3, generator)
+        noise(torch.tensor([0, 3]), 0.5, 3, generator)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    num_samples=st.integers(0, 500),
+    num_classes=st.integers(2, 13),
+    rate=st.floats(0.0, 1.0),
+    seed=st.integers(0, 2**31),
+)
+def test_pair_flip_changes_round_rate_times_n_labels_each_to_the_next_class(
+    num_samples: int, num_classes: int, rate: float, seed: int
+) -> None:
+    labels = torch.randint(
+        0, num_classes, (num_samples,), generator=torch.Generator().manual_seed(seed)
+    )
+    original = labels.clone()
+
+    noisy = pair_flip_label_noise(labels, rate, num_classes, torch.Generator().manual_seed(seed))
+
+    assert torch.equal(labels, original), "the input labels must not be modified"
+    assert noisy.shape == labels.shape and noisy.dtype == labels.dtype
+    changed = noisy != labels
+    assert int(changed.sum()) == round(rate * num_samples)
+    # Every flip goes to the next class, (c + 1) mod C, and nowhere else.
+    assert torch.equal(noisy[changed], (labels[changed] + 1) % num_classes)
+
+
+def test_pair_flip_rate_per_class_and_transition_matrix() -> None:
+    """Over many samples each class loses about `rate` of its labels, all to its successor."""
+    num_classes, per_class, rate = 5, 4000, 0.2
+    labels = torch.arange(num_classes).repeat_interleave(per_class)
+
+    noisy = pair_flip_label_noise(labels, rate, num_classes, torch.Generator().manual_seed(1))
+
+    counts = torch.zeros(num_classes, num_classes)
+    counts.index_put_((labels, noisy), torch.ones(len(labels)), accumulate=True)
+    shares = counts / per_class
+    successor = torch.roll(torch.eye(num_classes), shifts=1, dims=1)  # row c has its 1 at c+1
+    # Off the diagonal and the successor nothing; binomial-ish std ~ sqrt(.16 / 4000) ~ 0.006.
+    assert torch.all(counts[(torch.eye(num_classes) + successor) == 0] == 0)
+    torch.testing.assert_close(
+        shares[successor.bool()], torch.full((num_classes,), rate), atol=0.03, rtol=0
+    )
+    torch.testing.assert_close(
+        shares.diagonal(), torch.full((num_classes,), 1 - rate), atol=0.03, rtol=0
+    )
+
+
+def test_add_label_noise_dispatches_and_rejects_unknown_types() -> None:
+    labels = torch.arange(6).repeat(20)
+    for noise_type, model in zip(NOISE_TYPES, (symmetric_label_noise, pair_flip_label_noise)):
+        expected = model(labels, 0.3, 6, torch.Generator().manual_seed(2))
+        got = add_label_noise(labels, 0.3, 6, torch.Generator().manual_seed(2), noise_type)
+        assert torch.equal(got, expected)
+    with pytest.raises(ValueError, match=r"`noise_type` to be one of \('symmetric', 'pair'\)"):
+        add_label_noise(labels, 0.3, 6, torch.Generator(), "asymmetric")

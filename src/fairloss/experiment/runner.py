@@ -1,10 +1,10 @@
-"""One run per (loss, noise rate, seed), and the grid of them behind ``fairloss compare``."""
+"""One run per (loss, noise, seed), and the grid of them behind ``fairloss compare``."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -14,7 +14,7 @@ from fairloss.experiment.datasets import Dataset, LabeledData
 from fairloss.experiment.evaluation import predict_probabilities, score_predictions
 from fairloss.experiment.losses import make_loss
 from fairloss.experiment.model import make_mlp
-from fairloss.experiment.noise import symmetric_label_noise
+from fairloss.experiment.noise import add_label_noise
 from fairloss.experiment.splits import Splits, split_dataset
 from fairloss.experiment.training import TrainingConfig, train_model
 
@@ -31,11 +31,14 @@ def _generator(seed: int, stream: int) -> torch.Generator:
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One cell of the grid: which loss, how much training-label noise, which seed."""
+    """One cell of the grid: which loss (a spec's text, see
+    :func:`~fairloss.experiment.losses.parse_loss_spec`), how much training-label noise of which
+    type (:data:`~fairloss.experiment.noise.NOISE_TYPES`), which seed."""
 
     loss: str
     noise: float
     seed: int
+    noise_type: str = "symmetric"
 
 
 @dataclass
@@ -43,7 +46,8 @@ class RunResult:
     """The outcome of one run.
 
     Attributes:
-        dataset (str), loss (str), noise (float), seed (int): what ran.
+        dataset (str), loss (str), noise (float), seed (int): what ran (``loss`` is the
+            spec's text).
         split_sizes (dict[str, int]): samples in the ``train``, ``validation`` and ``test``
             splits.
         noisy_labels (int): training labels that the noise changed.
@@ -55,6 +59,9 @@ class RunResult:
         seconds (float): wall time of the run.
         test_probabilities (Tensor): the last model's test probabilities ``(N, C)``, float64.
         test_labels (Tensor): the test labels ``(N,)``.
+        noise_type (str): the noise model, ``"symmetric"`` or ``"pair"``.
+        selected_test (dict[str, dict[str, float]]): per selection metric, every test score of
+            the selected checkpoint (``selected_test_accuracy`` is their ``"accuracy"``).
     """
 
     dataset: str
@@ -70,6 +77,8 @@ class RunResult:
     seconds: float
     test_probabilities: Tensor
     test_labels: Tensor
+    noise_type: str = "symmetric"
+    selected_test: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def run_experiment(
@@ -92,8 +101,12 @@ def run_experiment(
         training history.
     """
     start = time.perf_counter()
-    noisy_train_labels = symmetric_label_noise(
-        splits.train.labels, spec.noise, dataset.num_classes, _generator(spec.seed, _NOISE_STREAM)
+    noisy_train_labels = add_label_noise(
+        splits.train.labels,
+        spec.noise,
+        dataset.num_classes,
+        _generator(spec.seed, _NOISE_STREAM),
+        spec.noise_type,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed)
@@ -108,13 +121,11 @@ def run_experiment(
     )
     test_features = splits.test.features.to(config.device)
     test_probabilities = predict_probabilities(outcome.model, test_features)
-    selected_test_accuracy = {}
+    selected_test = {}
     for name, state in outcome.selected_states.items():
         outcome.model.load_state_dict(state)
         selected_probabilities = predict_probabilities(outcome.model, test_features)
-        selected_test_accuracy[name] = score_predictions(
-            selected_probabilities, splits.test.labels
-        )["accuracy"]
+        selected_test[name] = score_predictions(selected_probabilities, splits.test.labels)
     return RunResult(
         dataset=dataset.name,
         loss=spec.loss,
@@ -128,11 +139,13 @@ def run_experiment(
         noisy_labels=int((noisy_train_labels != splits.train.labels).sum()),
         test=score_predictions(test_probabilities, splits.test.labels),
         selected_epochs=outcome.selected_epochs,
-        selected_test_accuracy=selected_test_accuracy,
+        selected_test_accuracy={name: scores["accuracy"] for name, scores in selected_test.items()},
         history=outcome.history,
         seconds=time.perf_counter() - start,
         test_probabilities=test_probabilities,
         test_labels=splits.test.labels,
+        noise_type=spec.noise_type,
+        selected_test=selected_test,
     )
 
 
@@ -144,6 +157,7 @@ def run_grid(
     config: TrainingConfig,
     *,
     progress: bool = True,
+    noise_type: str = "symmetric",
 ) -> list[RunResult]:
     """Run every (loss, noise rate, seed) combination.
 
@@ -159,6 +173,8 @@ def run_grid(
         config (TrainingConfig): epochs, batch size, learning rate, device.
         progress (bool, optional): show a tqdm progress bar over the runs (on stderr).
             Default: ``True``.
+        noise_type (str, optional): the noise model of every rate, one of
+            :data:`~fairloss.experiment.noise.NOISE_TYPES`. Default: ``"symmetric"``.
 
     Returns:
         list[RunResult]: one per run, seed by seed, then noise rate, then loss.
@@ -173,7 +189,9 @@ def run_grid(
                 for loss in losses:
                     bar.set_postfix(loss=loss, noise=noise, seed=seed)
                     results.append(
-                        run_experiment(dataset, splits, RunSpec(loss, noise, seed), config)
+                        run_experiment(
+                            dataset, splits, RunSpec(loss, noise, seed, noise_type), config
+                        )
                     )
                     bar.update()
     return results

@@ -18,6 +18,7 @@ metrics in :mod:`fairloss.metrics.modules` call these same helpers.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable
 
@@ -35,6 +36,17 @@ __all__ = [
 ]
 
 ElementScores = Callable[[Tensor, Tensor], Tensor]
+
+BRIER_AVERAGES = ("sum", "mean")
+"""How the Brier part adds up the squared errors over classes: ``"sum"`` (the paper) or
+``"mean"`` (the authors' TensorFlow code, which divides the sum by :math:`C`)."""
+
+
+def check_brier(brier: object) -> str:
+    """Check the ``brier`` argument of the Brier-based scores; return it."""
+    if not isinstance(brier, str) or brier not in BRIER_AVERAGES:
+        raise ValueError(expected("brier", f"one of {BRIER_AVERAGES}", repr(brier)))
+    return brier
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -194,11 +206,13 @@ def _log_loss_elements(probs: Tensor, target_index: Tensor) -> Tensor:
     return -_true_class_probability(probs, target_index).clamp_min(floor).log()
 
 
-def _brier_score_elements(probs: Tensor, target_index: Tensor) -> Tensor:
-    """``sum_k (q[k] - y[k])**2`` per row, ``y`` the one-hot target."""
+def _brier_score_elements(probs: Tensor, target_index: Tensor, brier: str = "sum") -> Tensor:
+    """``sum_k (q[k] - y[k])**2`` per row, ``y`` the one-hot target; divided by ``C`` for
+    ``brier="mean"``."""
     probs = probs.to(_compute_dtype(probs.dtype))
     one_hot = torch.zeros_like(probs).scatter_(1, target_index.unsqueeze(1), 1.0)
-    return (probs - one_hot).square().sum(dim=1)
+    squared_error = (probs - one_hot).square()
+    return squared_error.sum(dim=1) if brier == "sum" else squared_error.mean(dim=1)
 
 
 def _penalized_log_loss_elements(probs: Tensor, target_index: Tensor) -> Tensor:
@@ -208,12 +222,14 @@ def _penalized_log_loss_elements(probs: Tensor, target_index: Tensor) -> Tensor:
     return log_loss + math.log(probs.shape[1]) * wrong
 
 
-def _penalized_brier_score_elements(probs: Tensor, target_index: Tensor) -> Tensor:
-    """Brier score plus ``(C - 1) / C`` on wrong rows."""
+def _penalized_brier_score_elements(
+    probs: Tensor, target_index: Tensor, brier: str = "sum"
+) -> Tensor:
+    """Brier score (summed or averaged over classes) plus ``(C - 1) / C`` on wrong rows."""
     num_classes = probs.shape[1]
-    brier = _brier_score_elements(probs, target_index)
-    wrong = _is_wrong(probs, target_index).to(brier.dtype)
-    return brier + (num_classes - 1) / num_classes * wrong
+    brier_scores = _brier_score_elements(probs, target_index, brier)
+    wrong = _is_wrong(probs, target_index).to(brier_scores.dtype)
+    return brier_scores + (num_classes - 1) / num_classes * wrong
 
 
 def _scoring_rule_elements(
@@ -316,6 +332,7 @@ def brier_score(
     *,
     reduction: str = "mean",
     validate_args: bool = True,
+    brier: str = "sum",
 ) -> Tensor:
     r"""Multi-class Brier score: squared distance between the probabilities and the one-hot target.
 
@@ -324,8 +341,9 @@ def brier_score(
     .. math::
         \operatorname{BS}(q, y) = \sum_{k=1}^{C} (q_k - [k = y])^2
 
-    It is summed over classes, as in the paper (range :math:`[0, 2]`); some libraries divide it
-    by :math:`C`. ``"mean"`` averages over rows, ``"sum"`` adds them.
+    It is summed over classes, as in the paper (range :math:`[0, 2]`); ``brier="mean"`` divides
+    it by :math:`C`, as some libraries and the authors' code do. ``reduction="mean"`` averages
+    over rows, ``"sum"`` adds them.
 
     Equivalent to::
 
@@ -342,6 +360,8 @@ def brier_score(
             row sums, one-hot rows). The check reads the data, a device sync on an accelerator;
             turn it off in hot loops on inputs you trust. Types and shapes are always checked.
             Default: ``True``.
+        brier (str, optional): ``"sum"`` over classes (the paper) or ``"mean"`` (the sum
+            divided by :math:`C`). Default: ``"sum"``.
 
     Shape:
         - probs: :math:`(N, C)`.
@@ -350,10 +370,11 @@ def brier_score(
           bfloat16 and float32 ``probs``, float64 for float64. ``"mean"`` of zero rows is NaN.
 
     Raises:
-        ValueError: ``reduction`` not one of ``("mean", "sum", "none")``; ``probs`` not of shape
-            :math:`(N, C)`; ``target`` of neither shape; and with ``validate_args``: a
-            probability outside :math:`[0, 1]` (or NaN), a row not summing to 1, a class index
-            outside :math:`[0, C)`, a one-hot row that is not one-hot.
+        ValueError: ``reduction`` not one of ``("mean", "sum", "none")``; ``brier`` not one of
+            ``("sum", "mean")``; ``probs`` not of shape :math:`(N, C)`; ``target`` of neither
+            shape; and with ``validate_args``: a probability outside :math:`[0, 1]` (or NaN), a
+            row not summing to 1, a class index outside :math:`[0, C)`, a one-hot row that is
+            not one-hot.
         TypeError: ``probs`` not a floating point tensor; ``target`` not a real tensor, or a
             boolean tensor of class indices.
     Example:
@@ -362,8 +383,12 @@ def brier_score(
         >>> probs = torch.tensor([[0.33, 0.34, 0.33], [0.51, 0.49, 0.00]])
         >>> brier_score(probs, torch.tensor([1, 1]), reduction="none")
         tensor([0.6534, 0.5202])
+        >>> brier_score(probs, torch.tensor([1, 1]), reduction="none", brier="mean")
+        tensor([0.2178, 0.1734])
     """
-    return _scoring_rule(_brier_score_elements, probs, target, reduction, validate_args)
+    check_brier(brier)
+    elements = functools.partial(_brier_score_elements, brier=brier)
+    return _scoring_rule(elements, probs, target, reduction, validate_args)
 
 
 def penalized_log_loss(
@@ -436,6 +461,7 @@ def penalized_brier_score(
     *,
     reduction: str = "mean",
     validate_args: bool = True,
+    brier: str = "sum",
 ) -> Tensor:
     r"""Penalized Brier Score (PBS): Brier score plus :math:`(C-1)/C` for each wrong prediction.
 
@@ -453,9 +479,12 @@ def penalized_brier_score(
     correct prediction scores better (lower) than every wrong one. ``"mean"`` averages over
     rows, ``"sum"`` adds them.
 
-    This is the paper's formula, with the squared error *summed* over classes. The authors'
-    TensorFlow code instead *averages* it over classes (``reduce_mean(..., axis=1)``) and adds
-    the same :math:`(C-1)/C`; its values differ from these, and from the paper's tables.
+    By default this is the paper's formula, with the squared error *summed* over classes. The
+    authors' TensorFlow code instead *averages* it over classes (``reduce_mean(..., axis=1)``)
+    and adds the same :math:`(C-1)/C`; ``brier="mean"`` computes that variant,
+    :math:`\tfrac{1}{C}\sum_k (q_k - [k = y])^2 + \tfrac{C-1}{C}\,\operatorname{wrong}(q, y)`.
+    It still scores every correct prediction better than every wrong one (its Brier part is
+    below :math:`(C-1)/C` too), but the penalty weighs :math:`C` times more against it.
 
     Equivalent to::
 
@@ -474,6 +503,8 @@ def penalized_brier_score(
             row sums, one-hot rows). The check reads the data, a device sync on an accelerator;
             turn it off in hot loops on inputs you trust. Types and shapes are always checked.
             Default: ``True``.
+        brier (str, optional): the Brier part's squared errors ``"sum"``-med over classes (the
+            paper) or averaged, ``"mean"`` (the authors' code). Default: ``"sum"``.
 
     Shape:
         - probs: :math:`(N, C)`.
@@ -482,7 +513,8 @@ def penalized_brier_score(
           bfloat16 and float32 ``probs``, float64 for float64. ``"mean"`` of zero rows is NaN.
 
     Raises:
-        ValueError: ``reduction`` not one of ``("mean", "sum", "none")``; ``probs`` not of shape
+        ValueError: ``brier`` not one of ``("sum", "mean")``; ``reduction`` not one of
+            ``("mean", "sum", "none")``; ``probs`` not of shape
             :math:`(N, C)`; ``target`` of neither shape; and with ``validate_args``: a
             probability outside :math:`[0, 1]` (or NaN), a row not summing to 1, a class index
             outside :math:`[0, C)`, a one-hot row that is not one-hot.
@@ -494,5 +526,9 @@ def penalized_brier_score(
         >>> probs = torch.tensor([[0.33, 0.34, 0.33], [0.51, 0.49, 0.00]])  # correct, wrong
         >>> penalized_brier_score(probs, torch.tensor([1, 1]), reduction="none")
         tensor([0.6534, 1.1869])
+        >>> penalized_brier_score(probs, torch.tensor([1, 1]), reduction="none", brier="mean")
+        tensor([0.2178, 0.8401])
     """
-    return _scoring_rule(_penalized_brier_score_elements, probs, target, reduction, validate_args)
+    check_brier(brier)
+    elements = functools.partial(_penalized_brier_score_elements, brier=brier)
+    return _scoring_rule(elements, probs, target, reduction, validate_args)

@@ -25,6 +25,7 @@ from fairloss.metrics.functional import (
     _penalized_log_loss_elements,
     _scoring_rule_compute,
     _scoring_rule_update,
+    check_brier,
 )
 
 __all__ = ["BrierScore", "LogLoss", "PenalizedBrierScore", "PenalizedLogLoss"]
@@ -124,6 +125,8 @@ class PenalizedBrierScore(_MeanScoringRule):
     wrong one.
 
     Args:
+        brier (str, optional): the Brier part's squared errors ``"sum"``-med over classes (the
+            paper) or averaged, ``"mean"`` (the authors' code). Default: ``"sum"``.
         validate_args (bool, optional): check the values of each batch; a device sync on an
             accelerator. Default: ``True``.
         kwargs: passed to ``torchmetrics.Metric``.
@@ -137,6 +140,7 @@ class PenalizedBrierScore(_MeanScoringRule):
 
     Raises:
         ValueError, TypeError: from ``update``, as :func:`fairloss.metrics.penalized_brier_score`.
+        ValueError: ``brier`` not one of ``("sum", "mean")``.
         TypeError: ``validate_args`` not a bool.
 
     Example:
@@ -149,8 +153,12 @@ class PenalizedBrierScore(_MeanScoringRule):
         tensor(0.9201)
     """
 
+    def __init__(self, *, brier: str = "sum", validate_args: bool = True, **kwargs: Any) -> None:
+        super().__init__(validate_args=validate_args, **kwargs)
+        self.brier = check_brier(brier)
+
     def _element_scores(self, probs: Tensor, target_index: Tensor) -> Tensor:
-        return _penalized_brier_score_elements(probs, target_index)
+        return _penalized_brier_score_elements(probs, target_index, self.brier)
 
 
 class LogLoss(_MeanScoringRule):
@@ -190,9 +198,12 @@ class BrierScore(_MeanScoringRule):
     r"""Multi-class Brier score :math:`\sum_k (q_k - [k = y])^2`, accumulated over batches.
 
     The mean over all rows seen, as :func:`fairloss.metrics.brier_score` (summed over classes,
-    range :math:`[0, 2]`); lower is better.
+    range :math:`[0, 2]`, or averaged with ``brier="mean"``); lower is better. It is the plain
+    score beside :class:`PenalizedBrierScore` (torchmetrics has no multi-class Brier score).
 
     Args:
+        brier (str, optional): ``"sum"`` of the squared errors over classes (the paper) or their
+            ``"mean"``. Default: ``"sum"``.
         validate_args (bool, optional): check the values of each batch; a device sync on an
             accelerator. Default: ``True``.
         kwargs: passed to ``torchmetrics.Metric``.
@@ -204,6 +215,7 @@ class BrierScore(_MeanScoringRule):
 
     Raises:
         ValueError, TypeError: from ``update``, as :func:`fairloss.metrics.brier_score`.
+        ValueError: ``brier`` not one of ``("sum", "mean")``.
         TypeError: ``validate_args`` not a bool.
 
     Example:
@@ -216,5 +228,9 @@ class BrierScore(_MeanScoringRule):
         tensor(0.5868)
     """
 
+    def __init__(self, *, brier: str = "sum", validate_args: bool = True, **kwargs: Any) -> None:
+        super().__init__(validate_args=validate_args, **kwargs)
+        self.brier = check_brier(brier)
+
     def _element_scores(self, probs: Tensor, target_index: Tensor) -> Tensor:
-        return _brier_score_elements(probs, target_index)
+        return _brier_score_elements(probs, target_index, self.brier)
