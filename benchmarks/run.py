@@ -7,7 +7,8 @@ Usage::
     python -m benchmarks.run --quick --no-compile  # a tiny grid in seconds
 
 It writes ``benchmarks.md``, ``benchmarks.csv`` and ``benchmark_ratio.png`` to ``--out-dir``
-(``docs/`` by default), then runs ``benchmarks.linear`` when that module exists.
+(``docs/`` by default), then runs ``benchmarks.linear`` when that module exists, and
+``benchmarks.transformers_step`` (not with ``--quick``; ``--no-transformers`` skips it).
 
 ``tests/test_benchmarks_smoke.py`` runs this module in a subprocess with ``--quick`` and reads
 what it writes. Two options serve it: ``--linear-args`` hands more options to
@@ -78,6 +79,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     )
     parser.add_argument("--no-linear", action="store_true", help="skip benchmarks.linear")
     parser.add_argument(
+        "--no-transformers",
+        action="store_true",
+        help="skip benchmarks.transformers_step (it runs with the full grid only, not --quick)",
+    )
+    parser.add_argument(
         "--linear-args",
         default="",
         metavar="OPTIONS",
@@ -131,6 +137,19 @@ def _linear_section(args: argparse.Namespace) -> tuple[Optional[str], bool]:
     return (section if isinstance(section, str) else None), False
 
 
+def _transformers_section(args: argparse.Namespace) -> tuple[Optional[str], bool]:
+    """Run ``benchmarks.transformers_step.main``, not with --quick: (its section, crashed?)."""
+    if args.quick or args.no_transformers:
+        return None, False
+    argv = ["--threads", str(args.threads), "--out-dir", str(args.out_dir)]
+    try:
+        section = importlib.import_module("benchmarks.transformers_step").main(argv)
+    except Exception:  # its failure must not lose the results above
+        traceback.print_exc()
+        return "## Transformers training step\n\nbenchmarks.transformers_step failed.\n", True
+    return section, False
+
+
 def check_grid(grid: Sequence[Case], *, goals: bool) -> None:
     """Refuse a grid before measuring it: repeated case names, or a goal's case missing.
 
@@ -174,6 +193,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     section, crashed = _linear_section(args)
     if section:
         markdown = markdown.rstrip("\n") + "\n\n" + section.strip("\n") + "\n"
+    transformers_section, transformers_crashed = _transformers_section(args)
+    if transformers_section:
+        markdown = markdown.rstrip("\n") + "\n\n" + transformers_section.strip("\n") + "\n"
+    crashed = crashed or transformers_crashed
     args.markdown.parent.mkdir(parents=True, exist_ok=True)
     args.markdown.write_text(markdown, encoding="utf-8")
     for path in (args.markdown, args.csv, args.plot if plot else None):
