@@ -398,8 +398,8 @@ def render(results: dict[str, Any]) -> str:
         f"{results['date']}. Written by `python -m benchmarks.transformers_step` (and "
         "`make bench`) into `docs/benchmarks-transformers.json`, rendered from there.",
         "",
-        f"The machine was shared with other work while it ran{load_text}, and its load moved "
-        "one step's time by up to 3x: each of the "
+        f"Timing is noisy on a small machine{load_text}: other work, when there is any, moves "
+        "one step's time by up to 3x (seen on a shared run of this benchmark), so each of the "
         f"{results['rounds']} interleaved rounds times one step of every method (in a rotating "
         "order), a method's ratio to `transformers` is the median of its per-round ratios (a "
         "round's steps share its load), and the fastest step of each method is shown too.",
