@@ -64,7 +64,8 @@ from torch.utils import benchmark
 
 import fairloss
 from benchmarks.memory import peak_rss_bytes, reset_peak_rss, run_json_job
-from fairloss.linear import default_chunk_size, linear_fair_loss
+from fairloss import linear_fair_loss
+from fairloss._impl.chunked_linear import default_chunk_size
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 
@@ -143,7 +144,7 @@ def chunk_rows(
 ) -> Optional[int]:
     """Rows per chunk of the chunked methods at these sizes; None for the unfused ones."""
     if method == CHUNKED_FAIR:
-        return chunk_size or default_chunk_size(rows, hidden, vocab)
+        return chunk_size or default_chunk_size(rows, vocab)
     if method == CHUNKED_TORCH:
         adjusted = nn.LinearCrossEntropyOptions()._adjust(
             num_batches=rows,

@@ -6,7 +6,7 @@ Run on two processes (CPU and gloo here; on GPUs torchrun picks NCCL and one GPU
 
 ``parallelize_module`` gives each rank a slice of the output layer's rows with
 ``ColwiseParallel(use_local_output=False)``, so the logits stay a ``DTensor`` sharded on the
-class dimension. ``fair_loss_on_dtensor`` computes FairLoss of the whole vocabulary from the
+class dimension. ``fair_loss`` computes FairLoss of the whole vocabulary from the
 shards (two small all-reduces; no rank gathers the logits), and the gradient flows back into the
 shards. Every rank prints nothing but rank 0, which prints the loss of each step: the same
 numbers as the unsharded model trained on one process (``train(None)``).
@@ -23,7 +23,6 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.tensor.parallel import ColwiseParallel, parallelize_module
 
 from fairloss import fair_loss
-from fairloss.distributed import fair_loss_on_dtensor
 
 VOCABULARY = 11  # odd on purpose: two ranks hold 6 and 5 classes
 FEATURES = 6
@@ -55,7 +54,7 @@ def train(mesh: DeviceMesh | None, device: torch.device | None = None) -> list[f
         optimizer.zero_grad()
         logits = model(inputs)  # a DTensor placed Shard(1) when parallelized
         if mesh is not None:
-            loss = fair_loss_on_dtensor(logits, targets, smooth_max_beta=10.0, scaling_factor=10.0)
+            loss = fair_loss(logits, targets, smooth_max_beta=10.0, scaling_factor=10.0)
         else:
             loss = fair_loss(logits, targets, smooth_max_beta=10.0, scaling_factor=10.0)
         loss.backward()

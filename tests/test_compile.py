@@ -221,7 +221,7 @@ def _statistics_arguments(shape: tuple[int, ...]) -> tuple[Any, ...]:
     max_gap = row_max - logits.gather(1, reference.unsqueeze(1)).squeeze(1)
     candidates = valid & (max_gap < 0.05)
     beta, scale, lam = 1000.0, 1000.0, 0.2
-    return (logits, reference, class_weight, row_max, max_gap, candidates, beta, scale, lam)
+    return (logits, reference, class_weight, row_max, max_gap, candidates, [beta, scale, lam])
 
 
 @pytest.mark.parametrize("shape", [(16, 5), (4, 5, 6)], ids=["rows", "k-dim"])

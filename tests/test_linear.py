@@ -19,9 +19,8 @@ from torch.autograd import gradcheck
 from torch.testing import assert_close
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from fairloss import fair_loss
-from fairloss.linear import default_chunk_size, linear_fair_loss
-from fairloss.linear_modules import LinearFairLoss
+from fairloss import LinearFairLoss, fair_loss, linear_fair_loss
+from fairloss._impl.chunked_linear import default_chunk_size
 from tests.reference import fair_loss_reference
 
 # Small beta and s keep the penalty smooth on the scale of gradcheck's finite differences.
@@ -409,14 +408,14 @@ def test_second_backward_recomputes_the_same_gradients(reduction: str) -> None:
 
 
 def test_default_chunk_size() -> None:
-    for rows, hidden_size, num_classes in [(8192, 512, 32000), (8192, 512, 128000), (7, 3, 5)]:
-        chunk = default_chunk_size(rows, hidden_size, num_classes)
+    for rows, num_classes in [(8192, 32000), (8192, 128000), (7, 5), (3, 10**8)]:
+        chunk = default_chunk_size(rows, num_classes)
         assert 1 <= chunk <= rows
         assert chunk & (chunk - 1) == 0 or chunk == rows  # a power of two, or every row
-        assert chunk * num_classes <= max(2**24, num_classes)
-    assert default_chunk_size(8192, 512, 32000) * 32000 <= 32000 * 512 // 4
-    assert default_chunk_size(10**6, 512, 10) * 10 >= 2**19  # a small head: large chunks
-    assert default_chunk_size(0, 8, 8) == 1
+        assert chunk * num_classes <= max(2**23, num_classes)
+        assert chunk == rows or 2 * chunk * num_classes > 2**23  # the largest such power
+    assert default_chunk_size(10**6, 10) == 2**19  # a small head: large chunks
+    assert default_chunk_size(0, 8) == 1
 
 
 def test_module_mirrors_the_functional() -> None:

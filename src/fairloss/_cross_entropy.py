@@ -1,140 +1,156 @@
-"""Cross-entropy's part of FairLoss, for the implementations that compute it by hand.
+r"""Cross-entropy's part of FairLoss from per-element numbers, and the reduction.
 
-It also holds the z-loss (:func:`z_loss_and_slope`), the optional term on the same normalizer.
+``F.cross_entropy`` is the reference (:func:`fairloss._penalty.fair_loss_composite` calls it).
+The other implementations reduce the logits to a few numbers per element, so that they share
+their passes with the penalty and, sharded by class, add up over ranks. With
+:math:`x_c = z_c - M` (or :math:`\log p_c`, where :math:`\log S = 0`), class weights :math:`w`
+(ones without), :math:`W = \sum_c w_c`, target probabilities :math:`y` (the one-hot of an index
+target :math:`r`) and label smoothing :math:`\varepsilon`:
 
-``F.cross_entropy`` itself is the reference (:func:`fairloss._penalty.fair_loss_composite` calls
-it). The fast implementations need its pieces separately, to share passes over the logits with
-the penalty: the element loss from log-probabilities they already have, its gradient written
-over a softmax buffer, and the ``"mean"`` divisor. Classes lie along dimension 1.
+.. math::
+    \operatorname{CE} = (1 - \varepsilon)\,(m \log S - d)
+        + \tfrac{\varepsilon}{C}\,(W \log S - e),\qquad
+    m = \textstyle\sum_c w_c y_c,\quad d = \sum_c w_c y_c x_c,\quad e = \sum_c w_c x_c,
+
+with :math:`S = \sum_c e^{x_c}`; its gradient is
+:math:`g\,\big(a\,\operatorname{softmax}(z) - (1 - \varepsilon)\,w \odot y
+- \tfrac{\varepsilon}{C} w\big)` with :math:`a = (1 - \varepsilon) m + \varepsilon W / C` (plus
+the z-loss's slope, which multiplies the same softmax). :func:`probability_target_sums` and
+:func:`smoothing_sum` compute :math:`m, d, e` (for class indices :math:`m = w_r`,
+:math:`d = w_r x_r`); :func:`cross_entropy_rows` the loss and :math:`a`;
+:func:`cross_entropy_gradient_` the gradient. Classes lie along dimension 1.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, NamedTuple, Optional, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from fairloss._penalty import FairLossOptions, along_classes, compute_dtype
+from fairloss._penalty import along_classes, compute_dtype, z_loss_and_slope
+from fairloss._validation import FairLossOptions
 
 __all__ = [
-    "cross_entropy_from_log_probs",
+    "CrossEntropyRows",
     "cross_entropy_gradient_",
+    "cross_entropy_rows",
     "mean_denominator",
     "probability_target_gradient",
-    "reference_mask",
-    "shifted_logits",
-    "z_loss_and_slope",
+    "probability_target_sums",
+    "reduce",
+    "smoothing_sum",
 ]
 
+Number = Union[int, float, Tensor]
 
-def cross_entropy_from_log_probs(
-    log_probs: Tensor,
-    target: Tensor,
-    weight: Optional[Tensor],
+
+class CrossEntropyRows(NamedTuple):
+    """Per element: the loss (0 on ignored elements), the coefficient :math:`a` of
+    ``softmax(z)`` in its gradient, and the amount :math:`(1 - \\varepsilon) w_r` subtracted at
+    the target index (class-index targets; 0 where another rank holds the target)."""
+
+    loss: Tensor
+    softmax_scale: Tensor
+    reference_amount: Tensor
+
+
+def probability_target_sums(
+    shifted: Tensor, target: Tensor, weight: Optional[Tensor]
+) -> tuple[Tensor, Tensor]:
+    """:math:`m` and :math:`d` of class-probability targets, from ``shifted`` (:math:`x`).
+
+    For class indices they are :math:`w_r` and :math:`w_r x_r`, which callers have at hand.
+    """
+    weighted_target = target.to(shifted.dtype)
+    if weight is not None:
+        weighted_target = weighted_target * along_classes(weight.to(shifted.dtype), shifted.dim())
+    return weighted_target.sum(dim=1), (weighted_target * shifted).sum(dim=1)
+
+
+def smoothing_sum(shifted: Tensor, weight: Optional[Tensor]) -> Tensor:
+    """:math:`e = \\sum_c w_c x_c`, label smoothing's sum over every class."""
+    if weight is None:
+        return shifted.sum(dim=1)
+    return (shifted * along_classes(weight.to(shifted.dtype), shifted.dim())).sum(dim=1)
+
+
+def cross_entropy_rows(
+    mass: Tensor,
+    target_shift: Tensor,
+    smoothing: Optional[Tensor],
+    log_normalizer: Optional[Tensor],
+    valid: Optional[Tensor],
     options: FairLossOptions,
     *,
-    nll: Optional[Tensor] = None,
-) -> Tensor:
-    """``F.cross_entropy(..., reduction="none")`` given the log-probabilities, every option.
+    num_classes: Number,
+    total_weight: Number,
+    log_sum_exp: Optional[Callable[[], Tensor]] = None,
+) -> CrossEntropyRows:
+    """The element losses and gradient coefficients from :math:`m, d` and :math:`e`.
 
-    ``nll``, for class-index targets, is ``F.nll_loss(..., reduction="none")`` when the caller
-    already has it.
+    ``smoothing`` (:math:`e`) is needed with label smoothing only. ``log_normalizer`` is
+    :math:`\\log S` (None: 0, for sums over log-probabilities); ``valid`` is False on ignored
+    elements (None: every element counts); ``total_weight`` is :math:`W`. With a z-loss,
+    ``log_sum_exp()`` gives :math:`\\log\\sum_c e^{z_c}`.
     """
-    num_classes = log_probs.shape[1]
     eps = options.label_smoothing
-    class_weight = None if weight is None else weight.to(log_probs.dtype)
-    class_weight_along = (
-        None if class_weight is None else along_classes(class_weight, log_probs.dim())
-    )
-    if options.probability_target:
-        smoothed = target.to(log_probs.dtype) * (1 - eps) + eps / num_classes
-        weighted = smoothed if class_weight_along is None else smoothed * class_weight_along
-        return -(log_probs * weighted).sum(dim=1)
-    ce = nll
-    if ce is None:
-        ce = F.nll_loss(
-            log_probs, target, class_weight, ignore_index=options.ignore_index, reduction="none"
-        )
-    if eps == 0.0:
-        return ce
-    weighted_log_probs = log_probs if class_weight_along is None else log_probs * class_weight_along
-    uniform = -weighted_log_probs.sum(dim=1) / num_classes
-    valid = target != options.ignore_index
-    return (1 - eps) * ce + eps * torch.where(valid, uniform, 0.0)
+    loss = -target_shift if log_normalizer is None else mass * log_normalizer - target_shift
+    softmax_scale = mass
+    if eps > 0:
+        assert smoothing is not None  # given with label smoothing
+        uniform = -smoothing
+        if log_normalizer is not None:
+            uniform = uniform + total_weight * log_normalizer
+        loss = (1 - eps) * loss + (eps / num_classes) * uniform
+        softmax_scale = (1 - eps) * mass + eps * total_weight / num_classes
+    if valid is not None:  # `where`: 0 * inf on an ignored element would be NaN
+        loss = torch.where(valid, loss, 0.0)
+    if options.z_loss_scale > 0:
+        assert log_sum_exp is not None  # given with a z-loss
+        z_loss, slope = z_loss_and_slope(log_sum_exp(), options.z_loss_scale)
+        if valid is not None:
+            z_loss, slope = torch.where(valid, z_loss, 0.0), torch.where(valid, slope, 0.0)
+        loss, softmax_scale = loss + z_loss, softmax_scale + slope
+    return CrossEntropyRows(loss, softmax_scale, (1 - eps) * mass)
 
 
 def cross_entropy_gradient_(
     probs: Tensor,
+    rows: CrossEntropyRows,
+    grad_loss: Tensor,
+    reference: Tensor,
     target: Tensor,
     weight: Optional[Tensor],
     options: FairLossOptions,
-    reference: Tensor,
-    grad_loss: Tensor,
-    reference_mask: Optional[Tensor] = None,
+    *,
+    num_classes: Number,
+    at_reference: Optional[Tensor] = None,
 ) -> Tensor:
-    """Cross-entropy's gradient ``g * ((sum_c w_c y'_c) p - w * y')``, written over ``probs``.
+    """``g * (a * p - (1 - eps) * w * y - eps / C * w)``, written over ``probs`` (``p``).
 
-    ``p = softmax(z)`` (``probs``, overwritten and returned), ``eps`` = label smoothing, ``y'``
-    the smoothed target distribution, ``g`` = ``grad_loss``, already 0 on ignored elements;
-    ``reference`` is the target index with ignored elements pointing at class 0. Given
-    ``reference_mask`` (:func:`reference_mask`), the target's term is subtracted through it
-    rather than scattered: a compiler fuses the mask into its pass over the logits, while it
-    runs a scatter as a separate kernel.
+    ``grad_loss`` (``g``) is 0 on ignored elements; ``reference`` is the target index, within
+    range. The target's term of class indices is scattered, or subtracted through the boolean
+    ``at_reference`` when given (a compiler fuses a mask into its pass, not a scatter).
     """
-    num_classes = probs.shape[1]
+    grad = probs.mul_((grad_loss * rows.softmax_scale).unsqueeze(1))
     eps = options.label_smoothing
-    class_weights = None if weight is None else weight.to(probs.dtype)
-    grad = probs
+    weight_along = None if weight is None else along_classes(weight.to(grad.dtype), grad.dim())
     if options.probability_target:
-        smoothed = target.to(probs.dtype) * (1 - eps) + eps / num_classes
-        if class_weights is not None:
-            smoothed.mul_(along_classes(class_weights, probs.dim()))
-        grad.mul_((grad_loss * smoothed.sum(dim=1)).unsqueeze(1))
-        return grad.sub_(smoothed.mul_(grad_loss.unsqueeze(1)))
-
-    if class_weights is None and eps == 0.0:  # the common case, in two passes
-        grad.mul_(grad_loss.unsqueeze(1))
-        return _subtract_at_reference_(grad, reference, grad_loss, reference_mask)
-    total_weight: float | Tensor
-    if class_weights is None:
-        target_weight = torch.ones_like(grad_loss)
-        total_weight = float(num_classes)
+        weighted_target = target.to(grad.dtype) * (1 - eps)
+        if weight_along is not None:
+            weighted_target = weighted_target.mul_(weight_along)
+        grad.addcmul_(weighted_target, grad_loss.unsqueeze(1), value=-1)
     else:
-        target_weight = class_weights[reference]
-        total_weight = class_weights.sum()
-    row_scale = grad_loss * ((1 - eps) * target_weight + eps * total_weight / num_classes)
-    grad.mul_(row_scale.unsqueeze(1))
-    if eps > 0:  # before the scatter: a compiler fuses it into the pass above, not after it
-        smoothing_row = (
-            torch.ones(num_classes, dtype=grad.dtype, device=grad.device)
-            if class_weights is None
-            else class_weights
-        )
-        grad.addcmul_(
-            (grad_loss * (eps / num_classes)).unsqueeze(1),
-            along_classes(smoothing_row, grad.dim()),
-            value=-1,
-        )
-    return _subtract_at_reference_(
-        grad, reference, (1 - eps) * grad_loss * target_weight, reference_mask
-    )
-
-
-def _subtract_at_reference_(
-    grad: Tensor, reference: Tensor, amount: Tensor, reference_mask: Optional[Tensor]
-) -> Tensor:
-    """``grad[:, reference] -= amount`` per element: scattered, or through ``reference_mask``."""
-    if reference_mask is None:
-        return grad.scatter_add_(1, reference.unsqueeze(1), -amount.unsqueeze(1))
-    return grad.sub_(reference_mask * amount.unsqueeze(1))
-
-
-def reference_mask(logits: Tensor, reference: Tensor) -> Tensor:
-    """``onehot(reference)`` along dimension 1 of ``logits``, as a boolean tensor."""
-    classes = torch.arange(logits.shape[1], device=logits.device)
-    return along_classes(classes, logits.dim()) == reference.unsqueeze(1)
+        amount = (grad_loss * rows.reference_amount).unsqueeze(1)
+        if at_reference is None:
+            grad.scatter_add_(1, reference.unsqueeze(1), amount.neg())
+        else:
+            grad.sub_(at_reference * amount)
+    if eps > 0:
+        per_class = torch.ones_like(grad[:1]) if weight_along is None else weight_along
+        grad.addcmul_(per_class, (grad_loss * (eps / num_classes)).unsqueeze(1), value=-1)
+    return grad
 
 
 def probability_target_gradient(
@@ -150,8 +166,7 @@ def probability_target_gradient(
     ``target``'s dtype.
     """
     log_probs = torch.log_softmax(logits.to(grad_loss.dtype), dim=1)
-    scale = -(1 - options.label_smoothing) * grad_loss.unsqueeze(1)
-    grad = log_probs.mul_(scale)
+    grad = log_probs.mul_(-(1 - options.label_smoothing) * grad_loss.unsqueeze(1))
     if weight is not None:
         grad.mul_(along_classes(weight.to(grad.dtype), grad.dim()))
     return grad.to(target.dtype)
@@ -177,23 +192,17 @@ def mean_denominator(
     return (weight.to(dtype)[safe_target] * valid).sum()
 
 
-def shifted_logits(logits: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(z, max, z - max, log sum exp(z - max))``, the start both of CE's passes share.
-
-    ``z`` in the compute dtype; the maximum and the log-normalizer keep the class dimension
-    (size 1), ready to broadcast.
-    """
-    values = logits.to(compute_dtype(logits.dtype))
-    row_max = values.amax(dim=1, keepdim=True)
-    shifted = values - row_max
-    return values, row_max, shifted, shifted.exp().sum(dim=1, keepdim=True).log()
-
-
-def z_loss_and_slope(log_normalizer: Tensor, z_loss_scale: float) -> tuple[Tensor, Tensor]:
-    r"""The z-loss ``z_loss_scale * lse ** 2`` and its slope ``2 * z_loss_scale * lse``.
-
-    ``lse`` is :math:`\log\sum_c e^{z_c}`, the softmax's log-normalizer, per element (PaLM's
-    auxiliary loss, which keeps it near 0). Its gradient with respect to the logits is the slope
-    times ``softmax(z)``. The caller masks ignored elements.
-    """
-    return z_loss_scale * log_normalizer.square(), (2 * z_loss_scale) * log_normalizer
+def reduce(
+    element_loss: Tensor,
+    reduction: str,
+    denominator: Callable[[], Tensor],
+    output_dtype: torch.dtype,
+    shape: tuple[int, ...],
+) -> Tensor:
+    """``"none"``: the element losses in ``shape``; ``"sum"``; ``"mean"``: sum / denominator."""
+    if reduction == "none":
+        return element_loss.reshape(shape).to(output_dtype)
+    total = element_loss.sum()
+    if reduction == "mean":
+        total = total / denominator()
+    return total.to(output_dtype)

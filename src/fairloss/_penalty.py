@@ -18,10 +18,10 @@ This module holds that formula and the numerical rules that let implementations 
 without changing a result:
 
 * :func:`penalty_and_slope` — the value and the slope from the max gap and SmoothMax's
-  normalizer :math:`\sum_c e^{\beta (z_c - \max z)}`;
-* :func:`smooth_max_terms` / :func:`dense_smooth_max_terms` — the normalizer's terms, floored
-  at :func:`exp_floor`; :func:`beta_softmax_` turns them into
-  :math:`\operatorname{softmax}(\beta z)`;
+  normalizer :math:`\sum_c e^{\beta (z_c - \max z)}`; :func:`add_penalty_gradient_` — the
+  gradient's form, assembled here only;
+* :func:`smooth_max_terms` / :func:`smooth_max_normalizer` — the normalizer's terms, floored at
+  :func:`exp_floor`; :func:`beta_softmax_` turns them into :math:`\operatorname{softmax}(\beta z)`;
 * :func:`saturation_threshold` — beyond it, :math:`\tanh(h) = 1` and
   :math:`\operatorname{sech}^2(h) = 0` in the compute dtype; :func:`penalty_candidates`,
   :func:`clear_winners` — the elements whose penalty needs SmoothMax at all (the *clear-winner
@@ -36,15 +36,16 @@ here, and the test oracle.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fairloss._validation import FairLossOptions
+
 __all__ = [
-    "FairLossOptions",
+    "add_penalty_gradient_",
     "along_classes",
     "beta_softmax_",
     "clear_winners",
@@ -52,6 +53,7 @@ __all__ = [
     "dense_smooth_max_terms",
     "exp_floor",
     "fair_loss_composite",
+    "finite_max",
     "penalty_and_slope",
     "penalty_candidates",
     "penalty_weight",
@@ -61,28 +63,8 @@ __all__ = [
     "smooth_max_normalizer",
     "smooth_max_terms",
     "winner_margin",
+    "z_loss_and_slope",
 ]
-
-
-@dataclass(frozen=True)
-class FairLossOptions:
-    """The non-tensor options of one FairLoss call (``penalty_scale`` already resolved).
-
-    ``smooth_max_beta`` and ``scaling_factor`` are already capped at the largest finite number of
-    the compute dtype (a larger one gives the same loss there, and would overflow to ``inf``).
-    """
-
-    ignore_index: int
-    label_smoothing: float
-    smooth_max_beta: float
-    scaling_factor: float
-    penalty_scale: float
-    probability_target: bool
-
-    @property
-    def penalty_is_off(self) -> bool:
-        """``scaling_factor == 0`` or ``penalty_scale == 0``: the loss is cross-entropy."""
-        return self.scaling_factor == 0.0 or self.penalty_scale == 0.0
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -101,13 +83,21 @@ def exp_floor(dtype: torch.dtype) -> float:
 
 def saturation_threshold(dtype: torch.dtype) -> float:
     """For ``h`` above this, ``sech(h)**2 <= 4 exp(-2h)`` rounds to 0 and ``tanh(h)`` to 1."""
-    finfo = torch.finfo(dtype)
-    return 0.5 * math.log(4.0 / (finfo.tiny * finfo.eps))
+    finfo = torch.finfo(dtype)  # in logs: tiny * eps is subnormal, 0 where they flush to zero
+    return 0.5 * (math.log(4.0) - math.log(finfo.tiny) - math.log(finfo.eps))
 
 
 def winner_margin(dtype: torch.dtype, smooth_max_beta: float) -> float:
     """A logit more than this below the maximum has its SmoothMax term under the exp floor."""
     return -exp_floor(dtype) / smooth_max_beta
+
+
+def finite_max(row_max: Tensor) -> Tensor:
+    """The maximum to shift logits by: 0 where it is infinite, as ``torch.logsumexp`` shifts.
+
+    A row of ``-inf`` logits (an ignored, fully masked row) then shifts to ``-inf``, not NaN.
+    """
+    return torch.where(row_max.isinf(), 0.0, row_max)
 
 
 def along_classes(values: Tensor, ndim: int) -> Tensor:
@@ -151,7 +141,7 @@ def penalty_and_slope(
     class_weight: Tensor,
     smooth_max_beta: float,
     scaling_factor: float,
-    penalty_scale: float,
+    penalty_scale: Union[float, Tensor],
 ) -> tuple[Tensor, Tensor]:
     """The penalty ``lambda * tanh(h)`` and its slope ``w[r] * lambda * s / 2 * sech(h) ** 2``.
 
@@ -192,13 +182,37 @@ def smooth_max_normalizer(shifted: Tensor, smooth_max_beta: float) -> Tensor:
 def dense_smooth_max_terms(shifted: Tensor, smooth_max_beta: float) -> Tensor:
     """``exp(beta * (z - max))`` of every logit, 0 where the argument is under the exp floor.
 
-    ``shifted`` is ``z - max``, classes along dimension 1. Summed over classes this is SmoothMax's
-    normalizer (:func:`smooth_max_normalizer`, up to its floored terms); divided by it,
-    ``softmax(beta * z)``, the SmoothMax's gradient, with exact zeros under the floor.
+    ``shifted`` is ``z - max``, classes along dimension 1. Divided by SmoothMax's normalizer this
+    is ``softmax(beta * z)``, SmoothMax's gradient, with exact zeros under the floor.
     """
     floor = exp_floor(shifted.dtype)
-    scaled = (shifted * smooth_max_beta).clamp_min(floor)  # exp far out is slow, and unused
+    scaled = (shifted * smooth_max_beta).clamp_min_(floor)  # exp far out is slow, and unused
     return torch.where(scaled > floor, scaled.exp(), 0.0)
+
+
+def add_penalty_gradient_(
+    grad: Tensor,
+    beta_terms: Tensor,
+    term_scale: Tensor,
+    reference: Tensor,
+    amount: Tensor,
+    at_reference: Optional[Tensor] = None,
+) -> Tensor:
+    """Add the penalty's gradient ``c * (softmax(beta * z) - onehot(r))`` to ``grad`` in place.
+
+    ``softmax(beta * z) * c`` is ``beta_terms * term_scale`` (terms of
+    :func:`dense_smooth_max_terms` with ``term_scale = c / normalizer``, or rows of
+    :func:`beta_softmax_` with ``term_scale = c``); ``amount`` (``c``, or 0 where another rank
+    holds ``r``) is subtracted at ``reference``, or through the boolean mask ``at_reference``.
+    The two cancel at a clear winner before ``grad`` is added: with a huge ``c`` the other order
+    would round ``grad`` away. Classes along dimension 1.
+    """
+    penalty_grad = beta_terms * term_scale.unsqueeze(1)
+    if at_reference is not None:
+        penalty_grad.sub_(at_reference * amount.unsqueeze(1))
+    else:
+        penalty_grad.scatter_add_(1, reference.unsqueeze(1), amount.neg().unsqueeze(1))
+    return grad.add_(penalty_grad)
 
 
 def beta_softmax_(terms: Tensor, term_sum: Tensor) -> Tensor:
@@ -259,7 +273,7 @@ def fair_loss_composite(
 ) -> Tensor:
     """Per-element FairLoss in plain differentiable PyTorch (compute dtype, classes along dim 1).
 
-    ``CE + w[r] * lambda * tanh(s * (SmoothMax(z) - z[r]) / 2)``, with
+    ``CE + w[r] * lambda * tanh(s * (SmoothMax(z) - z[r]) / 2) + zeta * logsumexp(z) ** 2``, with
     ``SmoothMax(z) = logsumexp(beta * z) / beta`` written as
     ``max + log(sum exp(beta * (z - max))) / beta``, so that the negative gap
     ``(max - z[r]) + log(...) / beta`` is a sum of two non-negative terms. Autograd derives the
@@ -267,7 +281,7 @@ def fair_loss_composite(
     """
     logits = logits.to(compute_dtype(logits.dtype))
     class_weight_values = None if weight is None else weight.to(logits.dtype)
-    ce = F.cross_entropy(
+    loss = F.cross_entropy(
         logits,
         target,
         class_weight_values,
@@ -275,15 +289,29 @@ def fair_loss_composite(
         reduction="none",
         label_smoothing=options.label_smoothing,
     )
-    if options.penalty_is_off:
-        return ce
     reference, valid = reference_class(target, options)
-    shifted = logits - logits.detach().amax(dim=1, keepdim=True)
+    # `where`, not a product: an all-ignored "mean" divides by 0 and inf * 0 would leak NaN.
+    if options.z_loss_scale > 0:
+        z_loss, _ = z_loss_and_slope(torch.logsumexp(logits, dim=1), options.z_loss_scale)
+        loss = loss + torch.where(valid, z_loss, 0.0)
+    if options.penalty_is_off:
+        return loss
+    assert options.penalty_scale is not None  # resolved for single-device logits
+    shifted = logits - finite_max(logits.detach().amax(dim=1, keepdim=True))
     beta = options.smooth_max_beta
     log_sum = smooth_max_normalizer(shifted, beta).log()  # max(shifted) = 0: no second max pass
     shifted_reference = shifted.gather(1, reference.unsqueeze(1)).squeeze(1)
     negative_gap = log_sum / beta - shifted_reference
     penalty = options.penalty_scale * torch.tanh(options.scaling_factor * negative_gap / 2)
     class_weight = penalty_weight(weight, reference, valid, logits.dtype)
-    # `where`, not a product: an all-ignored "mean" divides by 0 and inf * 0 would leak NaN.
-    return ce + torch.where(valid, class_weight * penalty, 0.0)
+    return loss + torch.where(valid, class_weight * penalty, 0.0)
+
+
+def z_loss_and_slope(log_normalizer: Tensor, z_loss_scale: float) -> tuple[Tensor, Tensor]:
+    r"""PaLM's z-loss ``z_loss_scale * lse ** 2`` and its slope ``2 * z_loss_scale * lse``.
+
+    ``lse`` is :math:`\log\sum_c e^{z_c}`, the softmax's log-normalizer, per element. Its gradient
+    with respect to the logits is the slope times ``softmax(z)``. The caller masks ignored
+    elements.
+    """
+    return z_loss_scale * log_normalizer.square(), (2 * z_loss_scale) * log_normalizer

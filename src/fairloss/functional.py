@@ -1,25 +1,35 @@
-"""Functional interface: :func:`fair_loss`, the one statement of FairLoss's semantics."""
+"""Functional interface: :func:`fair_loss` and :func:`linear_fair_loss`.
+
+Each validates its arguments into one options object, selects the implementation in one place
+(:func:`fairloss._impl.select`), runs it on rows and reduces as ``F.cross_entropy`` does.
+"""
 
 from __future__ import annotations
 
 import math
-import sys
-from typing import Optional
+from typing import Any, Literal, Optional, Union, overload
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from fairloss import _impl
 from fairloss import _validation as validation
-from fairloss._cross_entropy import mean_denominator, z_loss_and_slope
-from fairloss._penalty import (
-    FairLossOptions,
-    compute_dtype,
-    fair_loss_composite,
-    reference_class,
+from fairloss._cross_entropy import mean_denominator, reduce
+from fairloss._impl import vocab_parallel
+from fairloss._impl.chunked_linear import (
+    ChunkedSettings,
+    LinearFairLossFunction,
+    default_chunk_size,
 )
+from fairloss._impl.chunked_linear_op import linear_fair_loss_compiled
+from fairloss._penalty import compute_dtype
 
-__all__ = ["fair_loss"]
+__all__ = ["fair_loss", "linear_fair_loss"]
+
+_NO_PROBABILITIES_IN_HEAD = (
+    "linear_fair_loss does not take class probabilities; use fair_loss(F.linear(...)) for those"
+)
 
 
 def fair_loss(
@@ -38,105 +48,47 @@ def fair_loss(
 ) -> Tensor:
     r"""Cross-entropy plus a smooth penalty for predictions whose argmax is wrong.
 
-    For one element with logits :math:`z \in \mathbb{R}^C`, reference class :math:`r` (the target
-    index, or the argmax of a probability target), class weights :math:`w` (ones by default),
-    :math:`\beta` = ``smooth_max_beta``, :math:`s` = ``scaling_factor`` and
-    :math:`\lambda` = ``penalty_scale`` (``1 / C`` when ``None``):
-
-    .. math::
-        \operatorname{SmoothMax}(z) = \tfrac{1}{\beta}\log\textstyle\sum_{c} e^{\beta z_c},\qquad
-        \operatorname{gap} = z_r - \operatorname{SmoothMax}(z) \le 0,
-
-        \ell = \operatorname{CE}(z, y)
-               + w_r\,\lambda\,\tanh\!\left(-\tfrac{s}{2}\,\operatorname{gap}\right)
-               + \zeta \big(\log\textstyle\sum_c e^{z_c}\big)^2
-
-    where CE is ``F.cross_entropy(..., reduction="none")`` with the same ``weight``,
-    ``ignore_index`` and ``label_smoothing``, and :math:`\zeta` = ``z_loss_scale`` (0 by
-    default) weighs PaLM's z-loss, which pulls the softmax's log-normalizer towards 0 (not
-    multiplied by the class weight; ignored elements have none). The penalty lies in
-    :math:`[0, \lambda)`: close to 0 when :math:`z_r` is the clear maximum, close to
-    :math:`\lambda` when another class wins.
-    It equals the seed release's ``(2 * sigmoid(-s * gap) - 1) / C``. An ignored element has loss 0
-    and no gradient. With ``penalty_scale=math.log(C)`` the loss tends, as :math:`\beta` and
-    :math:`s` grow, to the Penalized Log Loss of Ahmadian, Ghatee & Wahlström (2025) at logits
-    without ties; ``scaling_factor=0`` (or ``penalty_scale=0``) gives exactly ``F.cross_entropy``.
-
-    Reductions, as ``F.cross_entropy``: ``"none"`` returns the element losses; ``"sum"`` their
-    sum; ``"mean"`` divides the sum by :math:`\sum w_{y}` over non-ignored elements for class-index
-    targets, and by the number of elements for probability targets.
-
-    Equivalent to (the composite; the library runs a faster path with the same value)::
-
-        ce = F.cross_entropy(input, target, weight, ignore_index=ignore_index,
-                             label_smoothing=label_smoothing, reduction="none")
-        smooth_max = torch.logsumexp(smooth_max_beta * input, dim=1) / smooth_max_beta
-        gap = input.gather(1, target[:, None]).squeeze(1) - smooth_max
-        penalty = penalty_scale * torch.tanh(-scaling_factor * gap / 2)
-        loss = ce + weight[target] * penalty  # then reduce
-
-    Computation is in float32 for float16/bfloat16/float32 logits and in float64 for float64; the
-    result has ``input``'s dtype, as with ``F.cross_entropy`` (float32 for float16/bfloat16 input
-    under ``torch.autocast``, as cross-entropy there). Gradients are exact, double backward
-    included (in eager mode); ``torch.compile(fullgraph=True)`` traces it without graph breaks.
-    On an accelerator nothing synchronises with the host (no ``.item()``, no data-dependent
-    shape), so it runs on ``device="meta"`` too; class indices are checked against
-    ``[0, C)`` on the CPU only, as a check there would need a sync.
-
-    A ``DTensor`` sharded on the class dimension (the output of tensor parallelism's
-    ``ColwiseParallel(use_local_output=False)``) is computed by
-    :func:`fairloss.distributed.fair_loss_on_dtensor`, eagerly (not under ``torch.compile``, and
-    without double backward): the value of the gathered logits on every rank, the gradient
-    flowing back to the shards.
-
-    Which code computes it is decided in one place, ``fairloss._impl.select``, and ``impl``
-    overrides it: ``"sparse"`` computes SmoothMax only on the elements whose penalty is not
-    saturated (found with ``nonzero``: the CPU default, fastest there); ``"dense"`` computes
-    every step on every logit, with no data-dependent shape (the default off the CPU, and under
-    ``torch.compile`` for at most 256 classes); ``"composite"`` is the plain PyTorch statement
-    above, differentiated by autograd (the reference). All give the same value up to rounding.
+    See :class:`~fairloss.FairLoss` for the formula; ``scaling_factor=0`` gives exactly
+    ``F.cross_entropy``. Computed in float32 (float64 for float64 input), returned in the input's
+    dtype (float32 for half precision under ``torch.autocast``, as cross-entropy). Gradients are
+    exact, double backward included in eager mode; ``torch.compile(fullgraph=True)`` traces it.
+    On an accelerator nothing synchronises with the host (class indices are checked on the CPU
+    only). A ``DTensor`` of logits sharded on the class dimension
+    (``ColwiseParallel(use_local_output=False)``) is computed by the vocab-parallel loss
+    (:func:`fairloss.distributed.vocab_parallel_fair_loss`), eagerly, the same on every rank.
 
     Args:
-        input (Tensor): logits, unnormalized.
-        target (Tensor): class indices in :math:`[0, C)` (integer tensor), or class
-            probabilities (floating tensor with ``input``'s shape).
-        weight (Tensor, optional): a manual rescaling weight per class, shape :math:`(C,)`.
-            It weighs the cross-entropy as in ``F.cross_entropy`` and the penalty by
-            :math:`w_r`. Default: ``None``.
-        ignore_index (int, optional): a class-index target value that is ignored. Default: ``-100``.
-        reduction (str, optional): ``"none"`` | ``"mean"`` | ``"sum"``. Default: ``"mean"``.
+        input (Tensor): unnormalized logits; see Shape.
+        target (Tensor): class indices in :math:`[0, C)` or class probabilities; see Shape.
+        weight (Tensor, optional): a rescaling weight per class, of size :math:`C`, for the
+            cross-entropy and (as :math:`w_r`) the penalty. Default: ``None``.
+        ignore_index (int, optional): a class-index target that is ignored. Default: ``-100``.
+        reduction (str, optional): ``'none'`` | ``'mean'`` | ``'sum'``; ``'mean'`` divides by
+            the total target weight, as ``F.cross_entropy``. Default: ``'mean'``.
         label_smoothing (float, optional): in :math:`[0, 1]`, smooths the cross-entropy's target
-            (not the penalty's reference class). Default: ``0.0``.
-        smooth_max_beta (float, optional): :math:`\beta > 0`, sharpness of SmoothMax; it exceeds
-            the max by at most :math:`\log(C)/\beta`. Default: ``1000.0``.
-        scaling_factor (float, optional): :math:`s \ge 0`, steepness of the penalty. Default:
-            ``1000.0``.
+            (not the penalty's reference class). Default: :math:`0.0`.
+        smooth_max_beta (float, optional): :math:`\beta > 0`, SmoothMax's sharpness.
+            Default: :math:`1000`.
+        scaling_factor (float, optional): :math:`s \ge 0`, the penalty's steepness.
+            Default: :math:`1000`.
         penalty_scale (float, optional): :math:`\lambda \ge 0`, the penalty's height; ``None``
             means :math:`1/C`. Default: ``None``.
-        z_loss_scale (float, optional): :math:`\zeta \ge 0`, the weight of the z-loss
-            :math:`\zeta \operatorname{logsumexp}(z)^2` added per non-ignored element and
-            reduced with the loss (``"mean"`` divides it by the same total target weight).
-            Default: ``0.0``.
-        impl (str, optional): ``"auto"`` | ``"sparse"`` | ``"dense"`` | ``"composite"``, the
-            implementation (see above). Default: ``"auto"``.
+        z_loss_scale (float, optional): :math:`\zeta \ge 0`, the z-loss's weight. Default: 0.
+        impl (str, optional): ``'auto'`` | ``'sparse'`` (SmoothMax only where the penalty is
+            not saturated; the CPU default) | ``'dense'`` (no data-dependent shape; the default
+            elsewhere) | ``'composite'`` (plain PyTorch, the reference). Default: ``'auto'``.
 
     Shape:
-        - input: :math:`(C)`, :math:`(N, C)` or :math:`(N, C, d_1, ..., d_K)`.
-        - target: :math:`()`, :math:`(N)` or :math:`(N, d_1, ..., d_K)` for class indices;
-          the shape of ``input`` for probabilities.
-        - output: a scalar; with ``reduction="none"``, :math:`()`, :math:`(N)` or
-          :math:`(N, d_1, ..., d_K)`.
+        - Input: :math:`(C)`, :math:`(N, C)` or :math:`(N, C, d_1, ..., d_K)`.
+        - Target: class indices :math:`()`, :math:`(N)` or :math:`(N, d_1, ..., d_K)`, or class
+          probabilities of the input's shape.
+        - Output: a scalar; with ``reduction='none'`` the input's shape without :math:`C`.
 
     Raises:
-        ValueError: ``reduction`` not one of ``("mean", "sum", "none")``; ``smooth_max_beta`` not
-            finite and positive; ``scaling_factor``, ``penalty_scale`` or ``z_loss_scale``
-            negative or not finite;
-            ``label_smoothing`` outside :math:`[0, 1]`; ``target`` fitting neither form; ``weight``
-            not of shape :math:`(C,)`; ``ignore_index`` set with probability targets; ``impl``
-            unknown; on CPU, a class index outside :math:`[0, C)` that is not ``ignore_index``.
-        TypeError: ``input`` not floating point, or an option of the wrong type.
-        RuntimeError: ``weight`` requires grad while grad mode is on (as ``F.cross_entropy``:
-            FairLoss has no gradient for the class weights).
+        ValueError: an option out of range, a ``target`` of neither form, ``weight`` not of
+            size :math:`C`; on the CPU, a class index outside :math:`[0, C)`.
+        TypeError: ``input`` not floating point, an option of the wrong type.
+        RuntimeError: ``weight`` requires grad (as ``F.cross_entropy``).
 
     Example:
         >>> import torch
@@ -148,77 +100,72 @@ def fair_loss(
         >>> fair_loss(logits, target, scaling_factor=0.0, reduction="none")  # cross-entropy
         tensor([1.0920, 0.9681])
     """
-    if _is_dtensor(input):
-        if torch.compiler.is_compiling():
-            raise TypeError(
-                validation.expected(
-                    "input",
-                    "a plain tensor under torch.compile (DTensor logits run eagerly, through "
-                    "fairloss.distributed.fair_loss_on_dtensor)",
-                    "a DTensor",
-                )
-            )
-        from fairloss.distributed import fair_loss_on_dtensor  # it imports this module
-
-        return fair_loss_on_dtensor(
-            input, target, weight, ignore_index=ignore_index, reduction=reduction,
-            label_smoothing=label_smoothing, smooth_max_beta=smooth_max_beta,
-            scaling_factor=scaling_factor, penalty_scale=penalty_scale,
-            z_loss_scale=z_loss_scale, impl=impl,
-        )  # fmt: skip
     validation.check_reduction(reduction)
-    validation.check_implementation(impl, _impl.IMPLEMENTATION_NAMES)
     validation.check_logits(input)
-    probability_target = validation.is_probability_target(input, target)
     compiling = torch.compiler.is_compiling()
+    sharded = vocab_parallel.is_dtensor(input)
+    if sharded and compiling:
+        raise TypeError(
+            validation.expected(
+                "input",
+                "a plain tensor under torch.compile (DTensor logits run eagerly)",
+                "a DTensor",
+            )
+        )
+    probability_target = validation.is_probability_target(input, target)
+    num_classes = input.shape[0 if input.dim() == 1 else 1]
     options = validation.resolve_options(
-        input.shape[0 if input.dim() == 1 else 1],
-        target,
-        weight,
+        num_classes,
         compute_dtype=compute_dtype(input.dtype),
         probability_target=probability_target,
-        check_targets=not compiling,
         ignore_index=ignore_index,
         label_smoothing=label_smoothing,
         smooth_max_beta=smooth_max_beta,
         scaling_factor=scaling_factor,
         penalty_scale=penalty_scale,
+        z_loss_scale=z_loss_scale,
     )
-    z_loss_scale = validation.check_non_negative_finite("z_loss_scale", z_loss_scale)
-    output_dtype = validation.output_dtype(input)
-    rows, target_rows, element_shape = _as_rows(input, target, options.probability_target)
-
     implementation = _impl.select(
-        impl, device=rows.device, num_classes=rows.shape[1], compiling=compiling
+        impl, device=input.device, num_classes=num_classes, compiling=compiling, sharded=sharded
     )
-    if implementation is None:
-        element_loss = fair_loss_composite(rows, target_rows, weight, options)
-    else:
-        function = _impl.autograd_function_for(implementation)
-        element_loss = function.apply(rows, target_rows, weight, options)
-    if z_loss_scale > 0:
-        element_loss = element_loss + _z_loss(rows, target_rows, options, z_loss_scale)
-
-    if reduction == "none":
-        return element_loss.reshape(element_shape).to(output_dtype)
-    total = element_loss.sum()
-    if reduction == "mean":
-        total = total / mean_denominator(rows, target_rows, weight, options)
-    return total.to(output_dtype)
-
-
-def _is_dtensor(input: object) -> bool:
-    """Whether ``input`` is a ``DTensor`` (none exists before its module is imported)."""
-    dtensor_module = sys.modules.get("torch.distributed.tensor")
-    return dtensor_module is not None and isinstance(input, dtensor_module.DTensor)
+    if sharded:
+        return _fair_loss_of_dtensor(input, target, weight, options, reduction)
+    validation.check_weight(weight, num_classes)
+    validation.check_weight_needs_no_grad(weight)
+    if not compiling and not probability_target:
+        validation.check_class_indices(target, num_classes, options.ignore_index)
+    rows, target_rows, element_shape = _as_rows(input, target, probability_target)
+    element_loss = _impl.element_loss(implementation, rows, target_rows, weight, options)
+    return reduce(
+        element_loss,
+        reduction,
+        lambda: mean_denominator(rows, target_rows, weight, options),
+        validation.output_dtype(input),
+        element_shape,
+    )
 
 
-def _z_loss(rows: Tensor, target: Tensor, options: FairLossOptions, z_loss_scale: float) -> Tensor:
-    """The z-loss of every element, 0 on ignored ones; autograd derives its gradient."""
-    log_normalizer = torch.logsumexp(rows.to(compute_dtype(rows.dtype)), dim=1)
-    z_loss, _ = z_loss_and_slope(log_normalizer, z_loss_scale)
-    _, valid = reference_class(target, options)
-    return torch.where(valid, z_loss, 0.0)
+def _fair_loss_of_dtensor(
+    input: Tensor,
+    target: Tensor,
+    weight: Optional[Tensor],
+    options: validation.FairLossOptions,
+    reduction: str,
+) -> Tensor:
+    """:func:`fair_loss` of ``(N, C)`` logits sharded by class: the vocab-parallel loss."""
+    if options.probability_target:
+        raise ValueError(
+            validation.expected(
+                "target", "class indices with DTensor logits", "class probabilities"
+            )
+        )
+    local_logits, target, local_weight, group = vocab_parallel.dtensor_shards(input, target, weight)
+    loss, class_weight = vocab_parallel.VocabParallelFunction.apply(
+        local_logits, target.long(), local_weight, options, group,
+        compute_dtype(local_logits.dtype),
+    )  # fmt: skip
+    output_dtype = validation.output_dtype(local_logits)
+    return reduce(loss, reduction, class_weight.sum, output_dtype, tuple(target.shape))
 
 
 def _as_rows(
@@ -241,3 +188,165 @@ def _as_rows(
     if probability_target:
         return rows, target.reshape(batch, num_classes, positions), element_shape
     return rows, target.reshape(batch, positions).long(), element_shape
+
+
+@overload
+def linear_fair_loss(
+    input: Tensor,
+    linear_weight: Tensor,
+    target: Tensor,
+    *,
+    return_accuracy: Literal[False] = False,
+    **options: Any,
+) -> Tensor: ...
+
+
+@overload
+def linear_fair_loss(
+    input: Tensor,
+    linear_weight: Tensor,
+    target: Tensor,
+    *,
+    return_accuracy: Literal[True],
+    **options: Any,
+) -> tuple[Tensor, Tensor]: ...
+
+
+@overload
+def linear_fair_loss(
+    input: Tensor, linear_weight: Tensor, target: Tensor, *, return_accuracy: bool, **options: Any
+) -> Union[Tensor, tuple[Tensor, Tensor]]: ...
+
+
+def linear_fair_loss(  # type: ignore[misc]  # the overloads abbreviate the options
+    input: Tensor,
+    linear_weight: Tensor,
+    target: Tensor,
+    *,
+    linear_bias: Optional[Tensor] = None,
+    weight: Optional[Tensor] = None,
+    reduction: str = "mean",
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    smooth_max_beta: float = 1000.0,
+    scaling_factor: float = 1000.0,
+    penalty_scale: Optional[float] = None,
+    z_loss_scale: float = 0.0,
+    softcap: Optional[float] = None,
+    chunk_size: Optional[int] = None,
+    return_accuracy: bool = False,
+    impl: str = "auto",
+) -> Union[Tensor, tuple[Tensor, Tensor]]:
+    r"""FairLoss of a linear layer's output, computed in row chunks without the full logits.
+
+    See :class:`~fairloss.LinearFairLoss` for the formula. Equivalent, up to rounding, to::
+
+        logits = F.linear(input, linear_weight, linear_bias)  # softcap * tanh(logits / softcap)
+        fair_loss(logits.reshape(-1, V), target.reshape(-1), weight, ...)  # "none": reshaped
+
+    with the classes last, as :func:`torch.nn.functional.linear_cross_entropy` takes them. Each
+    chunk of ``chunk_size`` rows builds its logits, turns them into loss and gradient and folds
+    that into the gradients of ``input``, ``linear_weight`` and ``linear_bias`` before the next,
+    so memory holds one chunk's logits; rows whose target is ignored cost nothing on the CPU.
+    Half-precision inputs are multiplied and reduced in float32; results have the input's dtype.
+    No double backward (use :func:`fair_loss` on ``F.linear(...)``); ``torch.compile`` traces it
+    without graph breaks (the chunk loop runs as two custom operators).
+
+    Args:
+        input (Tensor): the head's input, :math:`(*, H)`.
+        linear_weight (Tensor): the head's weight, :math:`(V, H)`, ``input``'s dtype.
+        target (Tensor): class indices in :math:`[0, V)` or ``ignore_index``, :math:`(*)`.
+        linear_bias (Tensor, optional): the head's bias, :math:`(V)`. Default: ``None``.
+        weight, reduction, ignore_index, label_smoothing, smooth_max_beta, scaling_factor,
+            penalty_scale, z_loss_scale, impl: as :func:`fair_loss` (``impl='composite'``
+            computes the full logits).
+        softcap (float, optional): :math:`c > 0` caps the logits at :math:`c\tanh(z/c)` (Gemma
+            2); ``None``: no cap. Default: ``None``.
+        chunk_size (int, optional): rows per chunk; ``None`` picks about :math:`2^{23}` logits
+            per chunk. Default: ``None``.
+        return_accuracy (bool, optional): also return the share of non-ignored rows whose argmax
+            (first on ties) is the target, without gradient (0 without rows). Default: ``False``.
+
+    Shape:
+        - input: :math:`(*, H)`; linear_weight: :math:`(V, H)`; target: :math:`(*)`.
+        - output: a scalar; with ``reduction='none'``, :math:`(*)`. With ``return_accuracy``,
+          ``(output, accuracy)``.
+
+    Raises:
+        TypeError: tensors of other dtypes, ``target`` not integer (class probabilities: use
+            :func:`fair_loss` on ``F.linear(...)``), an option of the wrong type.
+        ValueError: shapes that do not fit, an option out of range, on the CPU a class index
+            outside :math:`[0, V)`.
+        RuntimeError: a double backward (``create_graph=True``).
+
+    Example:
+        >>> import torch
+        >>> from fairloss import linear_fair_loss
+        >>> hidden = torch.tensor([[1.0, 0.0], [0.5, 0.5], [0.0, 2.0]])
+        >>> head = torch.tensor([[1.0, -1.0], [0.0, 1.0], [-1.0, 0.0]])
+        >>> target = torch.tensor([0, 2, -100])
+        >>> linear_fair_loss(hidden, head, target, reduction="none", chunk_size=2)
+        tensor([0.4076, 2.0136, 0.0000])
+        >>> linear_fair_loss(hidden, head, target, softcap=1.0, return_accuracy=True)
+        (tensor(1.2429), tensor(0.5000))
+    """
+    validation.check_reduction(reduction)
+    validation.check_head(input, linear_weight, linear_bias)
+    target = validation.check_index_target(
+        target, tuple(input.shape[:-1]), _NO_PROBABILITIES_IN_HEAD
+    ).long()
+    num_classes = linear_weight.shape[0]
+    options = validation.resolve_options(
+        num_classes,
+        compute_dtype=compute_dtype(input.dtype),
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        smooth_max_beta=smooth_max_beta,
+        scaling_factor=scaling_factor,
+        penalty_scale=penalty_scale,
+        z_loss_scale=z_loss_scale,
+        softcap=softcap,
+    )
+    validation.check_weight(weight, num_classes)
+    validation.check_weight_needs_no_grad(weight)
+    chunk_size = validation.check_chunk_size(chunk_size)
+    validation.check_bool("return_accuracy", return_accuracy)
+    compiling = torch.compiler.is_compiling()
+    if not compiling:
+        validation.check_class_indices(target, num_classes, options.ignore_index)
+    # Compiled, the chunks still run eagerly, inside a custom operator: select as eagerly.
+    implementation = _impl.select(
+        impl, device=input.device, num_classes=num_classes, compiling=False
+    )
+    rows, target_rows = input.reshape(-1, input.shape[-1]), target.reshape(-1)
+    valid = target_rows != options.ignore_index
+    if implementation is None:  # the composite, the reference: the full logits
+        logits = F.linear(rows, linear_weight, linear_bias)
+        if options.softcap is not None:
+            logits = options.softcap * torch.tanh(logits / options.softcap)
+        loss = _impl.element_loss(None, logits, target_rows, weight, options)
+        correct = ((logits.detach().argmax(dim=1) == target_rows) & valid).sum()
+    else:
+        settings = ChunkedSettings(
+            implementation=implementation,
+            chunk_size=chunk_size or default_chunk_size(rows.shape[0], num_classes),
+            summed=reduction != "none",
+            grad_enabled=torch.is_grad_enabled(),
+            count_correct=return_accuracy,
+        )
+        run = linear_fair_loss_compiled if compiling else LinearFairLossFunction.apply
+        loss, correct = run(
+            rows, linear_weight, linear_bias, target_rows, weight, options, settings
+        )
+    loss = reduce(
+        loss,
+        reduction,
+        lambda: mean_denominator(rows, target_rows, weight, options),
+        input.dtype,
+        tuple(target.shape),
+    )
+    if not return_accuracy:
+        return loss
+    count = valid.sum()
+    accuracy = torch.where(count > 0, correct / count.clamp_min(1), 0.0)
+    return loss, accuracy.to(torch.promote_types(loss.dtype, torch.float32))

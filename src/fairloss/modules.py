@@ -2,86 +2,73 @@
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 from torch import Tensor, nn
 
 from fairloss import _validation as validation
-from fairloss.functional import fair_loss
+from fairloss.functional import fair_loss, linear_fair_loss
 
-__all__ = ["FairLoss"]
+__all__ = ["FairLoss", "LinearFairLoss"]
 
 
 class FairLoss(nn.Module):
     r"""Cross-entropy plus a smooth penalty for predictions whose argmax is wrong.
 
-    A drop-in for :class:`torch.nn.CrossEntropyLoss`. For one element with logits :math:`z`,
-    reference class :math:`r` (the target index, or the argmax of a probability target) and
-    class weights :math:`w`:
+    A drop-in for :class:`torch.nn.CrossEntropyLoss`. For one element with logits
+    :math:`z \in \mathbb{R}^C`, reference class :math:`r` (the target index, or the argmax of a
+    probability target), class weights :math:`w` (ones by default), :math:`\beta` =
+    ``smooth_max_beta``, :math:`s` = ``scaling_factor``, :math:`\lambda` = ``penalty_scale``
+    (:math:`1/C` when ``None``) and :math:`\zeta` = ``z_loss_scale``:
 
     .. math::
-        \ell = \operatorname{CE}(z, y) + w_r\,\lambda\,
-               \tanh\!\Big(\tfrac{s}{2}\big(\operatorname{SmoothMax}_\beta(z) - z_r\big)\Big),
-        \qquad
-        \operatorname{SmoothMax}_\beta(z) = \tfrac{1}{\beta}\log\textstyle\sum_c e^{\beta z_c}
+        \ell = \operatorname{CE}(z, y)
+            + w_r\,\lambda\,\tanh\!\Big(\tfrac{s}{2}\big(\operatorname{SmoothMax}_\beta(z)
+            - z_r\big)\Big) + \zeta \Big(\log\textstyle\sum_c e^{z_c}\Big)^2,
+        \qquad \operatorname{SmoothMax}_\beta(z) = \tfrac{1}{\beta}\log\textstyle\sum_c
+        e^{\beta z_c}
 
-    with :math:`\beta` = ``smooth_max_beta``, :math:`s` = ``scaling_factor`` and :math:`\lambda` =
-    ``penalty_scale`` (``1 / C`` when ``None``). ``reduction="mean"`` divides the sum by the total
-    target weight of non-ignored elements (class-index targets) or by the element count
-    (probability targets), as cross-entropy does. With ``penalty_scale=math.log(C)`` the loss tends
-    to the Penalized Log Loss of Ahmadian, Ghatee & Wahlström (2025) as :math:`\beta, s` grow.
-    See :func:`fairloss.fair_loss` for the full statement.
+    where CE is ``F.cross_entropy(..., reduction="none")`` with the same ``weight``,
+    ``ignore_index`` and ``label_smoothing``. The penalty lies in :math:`[0, \lambda)`: near 0
+    when :math:`z_r` is the clear maximum, near :math:`\lambda` when another class wins (the
+    release 0.1.1's ``(2 sigmoid(-s gap) - 1) / C``). ``scaling_factor=0`` or
+    ``penalty_scale=0`` gives cross-entropy; ``penalty_scale=math.log(C)`` tends, as
+    :math:`\beta, s` grow, to the Penalized Log Loss of Ahmadian, Ghatee & Wahlström (2025). The
+    z-loss (PaLM) pulls the log-normalizer towards 0. Ignored elements have loss 0. Reductions
+    as cross-entropy: ``"mean"`` divides the sum by :math:`\sum w_{y}` over non-ignored elements
+    (class indices) or by the element count (probabilities).
 
-    Like ``nn.CrossEntropyLoss(w)``, ``FairLoss(w)`` takes the class weights as its first
-    positional argument, and ``criterion.weight = w`` replaces them. The cross-entropy options
-    live in the ``cross_entropy`` submodule, as in pytorch-fairloss 0.1.1, whose first positional
-    argument was an ``nn.CrossEntropyLoss(reduction="none")``: that form still works. A weighted
-    module's ``state_dict`` therefore holds ``cross_entropy.weight``, and ``.to()`` moves the
-    weight.
+    Like ``nn.CrossEntropyLoss(w)``, the first positional argument is the class weights, kept as
+    the buffer ``weight`` (``state_dict`` key ``"weight"``; ``.to()`` moves it). As in release
+    0.1.1 it may instead be an ``nn.CrossEntropyLoss(reduction="none")``, whose ``weight``,
+    ``ignore_index`` and ``label_smoothing`` are taken; 0.1.1's ``"cross_entropy.weight"`` state
+    dicts load.
 
     Args:
-        cross_entropy (Tensor or nn.CrossEntropyLoss, optional): the class weights, shape
-            :math:`(C,)` (as ``nn.CrossEntropyLoss``'s first argument); or, as in 0.1.1, an
-            ``nn.CrossEntropyLoss`` built with ``reduction="none"``, whose ``weight``,
-            ``ignore_index`` and ``label_smoothing`` are used. Default: ``None``.
-        smooth_max_beta (float, optional): :math:`\beta > 0`. Default: ``1000.0``.
-        scaling_factor (float, optional): :math:`s \ge 0`. Default: ``1000.0``.
-        reduction (str, optional): ``"none"`` | ``"mean"`` | ``"sum"``. Default: ``"mean"``.
-        weight (Tensor, optional): class weights of shape :math:`(C,)`. Default: ``None``.
-        ignore_index (int, optional): ignored class-index target value. Default: ``-100``.
-        label_smoothing (float, optional): in :math:`[0, 1]`. Default: ``0.0``.
-        penalty_scale (float, optional): :math:`\lambda \ge 0`; ``None`` means :math:`1/C`.
-            Default: ``None``.
-        z_loss_scale (float, optional): weight of the z-loss ``logsumexp(z) ** 2`` added per
-            non-ignored element (see :func:`fairloss.fair_loss`). Default: ``0.0``.
+        cross_entropy (Tensor or nn.CrossEntropyLoss, optional): the class weights :math:`(C)`,
+            or (0.1.1) an ``nn.CrossEntropyLoss`` with ``reduction="none"``. Default: ``None``.
+        smooth_max_beta, scaling_factor, reduction, ignore_index, label_smoothing,
+            penalty_scale, z_loss_scale: as :func:`fairloss.fair_loss`.
+        weight (Tensor, optional): the class weights by keyword. Default: ``None``.
 
     Shape:
         - Input: :math:`(C)`, :math:`(N, C)` or :math:`(N, C, d_1, ..., d_K)`.
         - Target: class indices :math:`()`, :math:`(N)` or :math:`(N, d_1, ..., d_K)`, or
-          probabilities with the input's shape.
-        - Output: scalar; with ``reduction="none"`` the target's shape (index targets) or the
-          input's shape without the class dimension.
-
-    Raises:
-        TypeError: ``cross_entropy`` is neither a tensor nor an ``nn.CrossEntropyLoss``.
-        ValueError: ``cross_entropy.reduction`` is not ``"none"``; ``cross_entropy`` given
-            together with a non-default ``weight``, ``ignore_index`` or ``label_smoothing``; any
-            option out of range (see :func:`fairloss.fair_loss`).
+          probabilities of the input's shape.
+        - Output: scalar; with ``reduction="none"``, the input's shape without :math:`C`.
 
     Example:
         >>> import torch
         >>> from fairloss import FairLoss
         >>> criterion = FairLoss(reduction="none")
-        >>> criterion.scaling_factor, criterion.reduction
-        (1000.0, 'none')
         >>> logits = torch.tensor([[0.34, 0.33, 0.33], [0.49, 0.51, 0.00]])
-        >>> criterion(logits, torch.tensor([0, 0]))
+        >>> criterion(logits, torch.tensor([0, 0]))  # the wrong prediction costs more
         tensor([1.0920, 1.3014])
-        >>> FairLoss(torch.tensor([1.0, 2.0, 2.0])).weight  # as nn.CrossEntropyLoss(w)
-        tensor([1., 2., 2.])
+        >>> FairLoss(torch.tensor([1.0, 2.0, 2.0])).state_dict()  # as nn.CrossEntropyLoss(w)
+        OrderedDict([('weight', tensor([1., 2., 2.]))])
     """
 
-    cross_entropy: nn.CrossEntropyLoss
+    weight: Optional[Tensor]
 
     def __init__(
         self,
@@ -97,98 +84,187 @@ class FairLoss(nn.Module):
         z_loss_scale: float = 0.0,
     ) -> None:
         super().__init__()
-        validation.check_reduction(reduction)
-        self.z_loss_scale = validation.check_non_negative_finite("z_loss_scale", z_loss_scale)
-        self.smooth_max_beta = validation.check_positive_finite("smooth_max_beta", smooth_max_beta)
-        self.scaling_factor = validation.check_non_negative_finite("scaling_factor", scaling_factor)
-        self.penalty_scale = validation.check_optional_non_negative_finite(
-            "penalty_scale", penalty_scale
-        )
-        self.reduction = reduction
-        if isinstance(cross_entropy, Tensor):  # FairLoss(w), as nn.CrossEntropyLoss(w)
+        if isinstance(cross_entropy, nn.CrossEntropyLoss):  # release 0.1.1's form
+            _check_cross_entropy(cross_entropy, weight, ignore_index, label_smoothing)
+            weight, ignore_index = cross_entropy.weight, cross_entropy.ignore_index
+            label_smoothing = cross_entropy.label_smoothing
+        elif isinstance(cross_entropy, Tensor):  # FairLoss(w), as nn.CrossEntropyLoss(w)
             if weight is not None:
                 raise ValueError(
                     "Expected the class weights once, but got both a positional weight tensor "
                     "and the keyword `weight`."
                 )
-            cross_entropy, weight = None, cross_entropy
-        if cross_entropy is None:
-            validation.check_ignore_index(ignore_index)
-            cross_entropy = nn.CrossEntropyLoss(
-                weight=weight,
-                ignore_index=ignore_index,
-                reduction="none",
-                label_smoothing=validation.check_label_smoothing(label_smoothing),
+            weight = cross_entropy
+        elif cross_entropy is not None:
+            raise TypeError(
+                validation.expected(
+                    "cross_entropy",
+                    "a class-weight tensor, an nn.CrossEntropyLoss or None",
+                    type(cross_entropy).__name__,
+                )
             )
-        else:
-            _check_cross_entropy(cross_entropy, weight, ignore_index, label_smoothing)
-        if cross_entropy.weight is not None:
-            validation.check_weight(cross_entropy.weight, cross_entropy.weight.shape[0])
-        self.cross_entropy = cross_entropy
-
-    @property
-    def weight(self) -> Optional[Tensor]:
-        """The class weights, in ``cross_entropy``; assign a tensor or None to replace them."""
-        return self.cross_entropy.weight
-
-    @weight.setter
-    def weight(self, value: Optional[Tensor]) -> None:
-        if value is not None:
-            num_classes = value.shape[0] if isinstance(value, Tensor) and value.dim() == 1 else 0
-            validation.check_weight(value, num_classes)
-        self.cross_entropy.weight = value
-
-    @property
-    def ignore_index(self) -> int:
-        return self.cross_entropy.ignore_index
-
-    @property
-    def label_smoothing(self) -> float:
-        return self.cross_entropy.label_smoothing
+        validation.check_reduction(reduction)
+        if weight is not None:  # checked against its own length: C is known at the call
+            length = weight.shape[0] if isinstance(weight, Tensor) and weight.dim() == 1 else 0
+            validation.check_weight(weight, length)
+        self.reduction = reduction
+        self.ignore_index, self.label_smoothing = ignore_index, label_smoothing
+        self.smooth_max_beta, self.scaling_factor = smooth_max_beta, scaling_factor
+        self.penalty_scale, self.z_loss_scale = penalty_scale, z_loss_scale
+        validation.resolve_options(None, **_options(self))  # raises on a bad one
+        self.register_buffer("weight", weight)
+        self._register_load_state_dict_pre_hook(_load_release_0_1_1_weight)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        return fair_loss(
+        return fair_loss(input, target, self.weight, reduction=self.reduction, **_options(self))
+
+    def extra_repr(self) -> str:
+        return _settings_repr(self, ("smooth_max_beta", "scaling_factor", "reduction"))
+
+
+class LinearFairLoss(nn.Module):
+    r"""A linear head :math:`z = W x + b` followed by FairLoss, never holding all the logits.
+
+    The FairLoss counterpart of :class:`torch.nn.LinearCrossEntropyLoss`: it owns the head
+    (``self.linear``, an :class:`torch.nn.Linear` of ``in_features`` to ``num_classes``) and its
+    ``forward(input, target)`` calls :func:`fairloss.linear_fair_loss`, which computes the loss and
+    the gradients in row chunks. Per row with target :math:`y`, the loss is :class:`FairLoss`'s
+    element loss of the logits :math:`z = W x + b`, capped first at :math:`c\tanh(z/c)` when
+    ``softcap`` :math:`c` is given (Gemma 2's final-logit softcapping; the gradient goes through
+    the cap):
+
+    .. math::
+        \ell = \operatorname{CE}(z, y) + w_y\,\lambda\,
+               \tanh\!\Big(\tfrac{s}{2}\big(\operatorname{SmoothMax}_\beta(z) - z_y\big)\Big)
+               + \zeta \Big(\log\textstyle\sum_c e^{z_c}\Big)^2
+
+    Class-index targets only, and no double backward. The class weights are the buffer
+    ``weight``.
+
+    Args:
+        in_features (int): size of each input row, :math:`H`.
+        num_classes (int): number of classes, :math:`C`.
+        bias (bool, optional): whether the head adds a learnable bias. Default: ``False``.
+        device, dtype: the head's, as :class:`torch.nn.Linear`'s. Default: ``None``.
+        weight, reduction, ignore_index, label_smoothing, smooth_max_beta, scaling_factor,
+            penalty_scale, z_loss_scale, softcap, chunk_size, return_accuracy: as
+            :func:`fairloss.linear_fair_loss`.
+
+    Shape:
+        - Input: :math:`(*, H)`; Target: :math:`(*)`, class indices.
+        - Output: scalar; with ``reduction="none"``, :math:`(*)`. With ``return_accuracy``,
+          ``(output, accuracy)``.
+
+    Example:
+        >>> import torch
+        >>> from fairloss import LinearFairLoss
+        >>> criterion = LinearFairLoss(2, 3, reduction="none")
+        >>> head = torch.tensor([[1.0, -1.0], [0.0, 1.0], [-1.0, 0.0]])
+        >>> with torch.no_grad():
+        ...     _ = criterion.linear.weight.copy_(head)
+        >>> criterion(torch.tensor([[1.0, 0.0], [0.5, 0.5]]), torch.tensor([0, 2]))
+        tensor([0.4076, 2.0136], grad_fn=<...>)
+    """
+
+    weight: Optional[Tensor]
+
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        *,
+        bias: bool = False,
+        device: Any = None,
+        dtype: Any = None,
+        reduction: str = "mean",
+        weight: Optional[Tensor] = None,
+        ignore_index: int = -100,
+        label_smoothing: float = 0.0,
+        smooth_max_beta: float = 1000.0,
+        scaling_factor: float = 1000.0,
+        penalty_scale: Optional[float] = None,
+        z_loss_scale: float = 0.0,
+        softcap: Optional[float] = None,
+        chunk_size: Optional[int] = None,
+        return_accuracy: bool = False,
+    ) -> None:
+        super().__init__()
+        validation.check_reduction(reduction)
+        validation.check_weight(weight, num_classes)
+        self.num_classes = num_classes
+        self.reduction = reduction
+        self.ignore_index, self.label_smoothing = ignore_index, label_smoothing
+        self.smooth_max_beta, self.scaling_factor = smooth_max_beta, scaling_factor
+        self.penalty_scale, self.z_loss_scale = penalty_scale, z_loss_scale
+        self.softcap = softcap
+        validation.resolve_options(num_classes, **_options(self, "softcap"))  # raises on a bad one
+        self.chunk_size = validation.check_chunk_size(chunk_size)
+        self.return_accuracy = validation.check_bool("return_accuracy", return_accuracy)
+        self.linear = nn.Linear(in_features, num_classes, bias=bias, device=device, dtype=dtype)
+        self.register_buffer("weight", weight)
+
+    def forward(self, input: Tensor, target: Tensor) -> Union[Tensor, tuple[Tensor, Tensor]]:
+        return linear_fair_loss(
             input,
+            self.linear.weight,
             target,
-            self.cross_entropy.weight,
-            ignore_index=self.cross_entropy.ignore_index,
+            linear_bias=self.linear.bias,
+            weight=self.weight,
             reduction=self.reduction,
-            label_smoothing=self.cross_entropy.label_smoothing,
-            smooth_max_beta=self.smooth_max_beta,
-            scaling_factor=self.scaling_factor,
-            penalty_scale=self.penalty_scale,
-            z_loss_scale=self.z_loss_scale,
+            chunk_size=self.chunk_size,
+            return_accuracy=self.return_accuracy,
+            **_options(self, "softcap"),
         )
 
     def extra_repr(self) -> str:
-        settings = [
-            f"smooth_max_beta={self.smooth_max_beta}",
-            f"scaling_factor={self.scaling_factor}",
-            f"reduction={self.reduction!r}",
-            f"penalty_scale={self.penalty_scale}",
-        ]
-        if self.z_loss_scale != 0.0:
-            settings.append(f"z_loss_scale={self.z_loss_scale}")
-        if self.cross_entropy.weight is not None:
-            settings.append("weight=Tensor" + str(list(self.cross_entropy.weight.shape)))
-        if self.cross_entropy.ignore_index != -100:
-            settings.append(f"ignore_index={self.cross_entropy.ignore_index}")
-        if self.cross_entropy.label_smoothing != 0.0:
-            settings.append(f"label_smoothing={self.cross_entropy.label_smoothing}")
-        return ", ".join(settings)
+        head = f"in_features={self.linear.in_features}, num_classes={self.num_classes}"
+        return head + ", " + _settings_repr(self, ("reduction",))
+
+
+def _options(module: nn.Module, *more: str) -> dict[str, Any]:
+    """The module's math options (and the settings ``more`` names), by keyword."""
+    return {name: getattr(module, name) for name in (*validation.OPTION_NAMES, *more)}
+
+
+#: Settings shown by ``repr`` only where they differ from these defaults.
+_DEFAULTS = {
+    "smooth_max_beta": 1000.0,
+    "scaling_factor": 1000.0,
+    "penalty_scale": None,
+    "ignore_index": -100,
+    "label_smoothing": 0.0,
+    "z_loss_scale": 0.0,
+    "softcap": None,
+    "chunk_size": None,
+    "return_accuracy": False,
+}
+
+
+def _settings_repr(module: nn.Module, always: tuple[str, ...]) -> str:
+    """``name=value`` of the settings in ``always`` and of the others not at their default."""
+    names = [*always, *(name for name in _DEFAULTS if name not in always)]
+    shown = [
+        f"{name}={getattr(module, name)!r}"
+        for name in names
+        if hasattr(module, name)
+        and (name in always or getattr(module, name) != _DEFAULTS.get(name))
+    ]
+    return ", ".join(shown)
+
+
+def _load_release_0_1_1_weight(state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+    """Release 0.1.1 kept the class weights at ``cross_entropy.weight``: load them as ``weight``."""
+    old_key = prefix + "cross_entropy.weight"
+    if old_key in state_dict:
+        state_dict[prefix + "weight"] = state_dict.pop(old_key)
 
 
 def _check_cross_entropy(
-    cross_entropy: object, weight: Optional[Tensor], ignore_index: int, label_smoothing: float
+    cross_entropy: nn.CrossEntropyLoss,
+    weight: Optional[Tensor],
+    ignore_index: int,
+    label_smoothing: float,
 ) -> None:
-    if not isinstance(cross_entropy, nn.CrossEntropyLoss):
-        raise TypeError(
-            validation.expected(
-                "cross_entropy",
-                "a class-weight tensor, an nn.CrossEntropyLoss or None",
-                type(cross_entropy).__name__,
-            )
-        )
     if cross_entropy.reduction != "none":
         raise ValueError(
             validation.expected(
@@ -212,4 +288,3 @@ def _check_cross_entropy(
             f"Expected either argument `cross_entropy` or the keyword(s) {conflicts}, but got "
             "both: set them on the nn.CrossEntropyLoss you pass, or pass only the keywords."
         )
-    validation.check_label_smoothing(cross_entropy.label_smoothing)

@@ -8,11 +8,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from fairloss.distributed import (
-    fair_loss_on_dtensor,
-    vocab_parallel_fair_loss,
-    vocab_parallel_linear_fair_loss,
-)
+from fairloss.distributed import vocab_parallel_fair_loss, vocab_parallel_linear_fair_loss
 
 LOGITS = torch.zeros(4, 3)
 TARGET = torch.tensor([0, 1, 2, -100])
@@ -77,10 +73,3 @@ def test_bad_arguments_raise_before_communication(
 def test_uninitialized_torch_distributed_is_named(call: Callable[[], Any]) -> None:
     with pytest.raises(RuntimeError, match=r"`group`.*init_process_group"):
         call()
-
-
-def test_dtensor_entry_point_refuses_a_plain_tensor() -> None:
-    with pytest.raises(TypeError, match="`input` to be a DTensor"):
-        fair_loss_on_dtensor(LOGITS, TARGET)
-    with pytest.raises(ValueError, match="`impl` to be one of"):
-        fair_loss_on_dtensor(LOGITS, TARGET, impl="fast")

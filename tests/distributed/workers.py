@@ -20,7 +20,6 @@ from torch import Tensor, nn
 
 from fairloss import FairLoss, fair_loss
 from fairloss.distributed import (
-    fair_loss_on_dtensor,
     vocab_parallel_fair_loss,
     vocab_parallel_linear_fair_loss,
 )
@@ -367,7 +366,7 @@ def check_dtensor_cases(world_size: int) -> tuple[Failures, int]:
         upstream = torch.linspace(-1.0, 2.0, expected.numel(), dtype=torch.float64)
         (expected * upstream.reshape(expected.shape)).sum().backward()
         sharded = distribute_tensor(logits, mesh, [Shard(1)]).requires_grad_()
-        loss = fair_loss_on_dtensor(sharded, target, weight, **options)
+        loss = fair_loss(sharded, target, weight, **options)
         (loss * upstream.reshape(loss.shape)).sum().backward()
         failures.check(f"DTensor {case} value", loss, expected)
         assert sharded.grad is not None and full.grad is not None
@@ -375,7 +374,7 @@ def check_dtensor_cases(world_size: int) -> tuple[Failures, int]:
         count += 1
     replicated = distribute_tensor(logits, mesh, [Replicate()])
     try:
-        fair_loss_on_dtensor(replicated, target)
+        fair_loss(replicated, target)
         failures.append("a replicated DTensor did not raise")
     except ValueError as error:
         if "Shard(1)" not in str(error):
@@ -452,7 +451,7 @@ def check_tensor_parallel_training(world_size: int) -> Failures:
     # (batch, sequence, C) logits placed Shard(2); viewed as (tokens, C), placed Shard(1)
     losses = _sgd_losses(
         parallel,
-        lambda m: fair_loss_on_dtensor(m(inputs).view(-1, NUM_CLASSES), tokens, **options),
+        lambda m: fair_loss(m(inputs).view(-1, NUM_CLASSES), tokens, **options),
     )
     failures.check("tensor-parallel losses", torch.stack(losses), torch.stack(expected))
     failures.check(

@@ -27,6 +27,8 @@ shape               dense      sparse     faster, by
 ==================  =========  =========  ===================
 
 Off the CPU only ``"dense"`` runs (``"sparse"`` synchronises), so the split is a CPU matter.
+Logits sharded by class (a ``DTensor``) run the dense implementation's stages with collectives
+between them (:mod:`fairloss._impl.vocab_parallel`); the other two cannot run there.
 """
 
 from __future__ import annotations
@@ -34,15 +36,18 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+from torch import Tensor
 
 from fairloss._impl import dense, sparse, sparse_compiled
 from fairloss._impl.base import Implementation, autograd_function
+from fairloss._penalty import fair_loss_composite
+from fairloss._validation import FairLossOptions, check_choice, expected
 
 __all__ = [
     "DENSE_COMPILED_MAX_CLASSES",
     "IMPLEMENTATION_NAMES",
     "Implementation",
-    "autograd_function_for",
+    "element_loss",
     "select",
 ]
 
@@ -64,15 +69,28 @@ _FUNCTIONS = {
 
 
 def select(
-    impl: str, *, device: torch.device, num_classes: int, compiling: bool
+    impl: object, *, device: torch.device, num_classes: int, compiling: bool, sharded: bool = False
 ) -> Optional[Implementation]:
     """The implementation for logits on ``device`` with ``num_classes``; None: the composite.
 
-    ``impl`` is one of :data:`IMPLEMENTATION_NAMES`, already checked. ``"auto"`` picks
-    ``"dense"`` off the CPU (no host synchronisation there), and on the CPU ``"sparse"``, except
-    under ``torch.compile`` for at most :data:`DENSE_COMPILED_MAX_CLASSES` classes; without
-    classes (``C = 0``) the composite, which is then cross-entropy alone.
+    ``impl`` is checked to be one of :data:`IMPLEMENTATION_NAMES`. ``"auto"`` picks ``"dense"``
+    off the CPU (no host synchronisation there), and on the CPU ``"sparse"``, except under
+    ``torch.compile`` for at most :data:`DENSE_COMPILED_MAX_CLASSES` classes; without classes
+    (``C = 0``) the composite, which is then cross-entropy alone. ``sharded`` logits (a
+    ``DTensor`` split by class) take ``"dense"``, and refuse the others.
     """
+    check_choice("impl", impl, IMPLEMENTATION_NAMES)
+    if sharded:
+        if impl not in ("auto", "dense"):
+            raise ValueError(
+                expected(
+                    "impl",
+                    "'auto' or 'dense' for logits sharded by class (the vocab-parallel loss runs "
+                    "the dense implementation's stages)",
+                    repr(impl),
+                )
+            )
+        return dense.IMPLEMENTATION
     if impl == "auto":
         if num_classes == 0:  # no classes: no penalty, cross-entropy's empty terms only
             impl = "composite"
@@ -89,6 +107,19 @@ def select(
     return sparse_compiled.IMPLEMENTATION if compiling else sparse.IMPLEMENTATION
 
 
-def autograd_function_for(implementation: Implementation) -> type[torch.autograd.Function]:
-    """The autograd Function (:func:`fairloss._impl.base.autograd_function`) that runs it."""
-    return _FUNCTIONS[implementation.name]
+def element_loss(
+    implementation: Optional[Implementation],
+    logits: Tensor,
+    target: Tensor,
+    weight: Optional[Tensor],
+    options: FairLossOptions,
+) -> Tensor:
+    """The element losses of ``(M, C)`` or ``(M, C, L)`` logits by ``implementation``.
+
+    None runs :func:`fairloss._penalty.fair_loss_composite`, which autograd differentiates; an
+    implementation runs through its autograd Function
+    (:func:`fairloss._impl.base.autograd_function`).
+    """
+    if implementation is None:
+        return fair_loss_composite(logits, target, weight, options)
+    return _FUNCTIONS[implementation.name].apply(logits, target, weight, options)

@@ -10,32 +10,41 @@ where.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import torch
 from torch import Tensor
 
 from fairloss._cross_entropy import probability_target_gradient
-from fairloss._penalty import FairLossOptions, fair_loss_composite
+from fairloss._penalty import fair_loss_composite
+from fairloss._validation import FairLossOptions
 
-__all__ = ["Implementation", "Saved", "autograd_function"]
+__all__ = ["Implementation", "Saved", "Scoring", "autograd_function"]
 
 #: What forward keeps for backward: tensors (or None), saved with ``save_for_backward``.
 Saved = tuple[Optional[Tensor], ...]
+
+
+class Scoring(NamedTuple):
+    """What logits are scored against: the targets, the class weights and the options."""
+
+    target: Tensor
+    weight: Optional[Tensor]
+    options: FairLossOptions
 
 
 @dataclass(frozen=True)
 class Implementation:
     """One way to compute FairLoss's element losses and their gradient.
 
-    * ``forward(logits, target, weight, options, compact, workspace)`` returns the element
-      losses and what backward needs. ``compact=True`` asks for O(elements) statistics only (the
-      chunked linear head holds every chunk's at once).
-    * ``backward(logits, target, weight, options, saved, grad_loss, workspace)`` returns the
-      gradient of ``sum(grad_loss * loss)`` with respect to the logits, in the compute dtype.
+    * ``forward(logits, scoring, compact, workspace)`` returns the element losses and what
+      backward needs. ``compact=True`` asks for O(elements) statistics only (the chunked linear
+      head holds every chunk's at once).
+    * ``backward(logits, scoring, saved, grad_loss, workspace)`` returns the gradient of
+      ``sum(grad_loss * loss)`` with respect to the logits, in the compute dtype.
     * ``synchronizes``: whether it waits for the device (``nonzero``, ``bool(tensor)``): such an
       implementation runs on the CPU only.
-    * ``fused_forward_backward(logits, target, weight, options, workspace)``, optional, returns
+    * ``fused_forward_backward(logits, scoring, workspace)``, optional, returns
       ``(loss, saved, grad)`` with the gradient for an upstream gradient of ones and compact
       statistics, sharing work between the two.
 
@@ -49,39 +58,25 @@ class Implementation:
 
     name: str
     synchronizes: bool
-    forward: Callable[
-        [Tensor, Tensor, Optional[Tensor], FairLossOptions, bool, Optional[Tensor]],
-        tuple[Tensor, Saved],
-    ]
-    backward: Callable[
-        [Tensor, Tensor, Optional[Tensor], FairLossOptions, Saved, Tensor, Optional[Tensor]],
-        Tensor,
-    ]
+    forward: Callable[[Tensor, Scoring, bool, Optional[Tensor]], tuple[Tensor, Saved]]
+    backward: Callable[[Tensor, Scoring, Saved, Tensor, Optional[Tensor]], Tensor]
     fused_forward_backward: Optional[
-        Callable[
-            [Tensor, Tensor, Optional[Tensor], FairLossOptions, Optional[Tensor]],
-            tuple[Tensor, Saved, Tensor],
-        ]
+        Callable[[Tensor, Scoring, Optional[Tensor]], tuple[Tensor, Saved, Tensor]]
     ] = None
     uses_workspace: bool = False
 
     def forward_backward(
-        self,
-        logits: Tensor,
-        target: Tensor,
-        weight: Optional[Tensor],
-        options: FairLossOptions,
-        workspace: Optional[Tensor],
+        self, logits: Tensor, scoring: Scoring, workspace: Optional[Tensor]
     ) -> tuple[Tensor, Saved, Tensor]:
         """Element losses, compact statistics and the gradient for an upstream gradient of ones.
 
         For summed losses whose gradient is wanted at once (the chunked linear head).
         """
         if self.fused_forward_backward is not None:
-            return self.fused_forward_backward(logits, target, weight, options, workspace)
-        loss, saved = self.forward(logits, target, weight, options, True, workspace)
+            return self.fused_forward_backward(logits, scoring, workspace)
+        loss, saved = self.forward(logits, scoring, True, workspace)
         ones = torch.ones_like(loss)
-        return loss, saved, self.backward(logits, target, weight, options, saved, ones, workspace)
+        return loss, saved, self.backward(logits, scoring, saved, ones, workspace)
 
 
 def autograd_function(implementation: Implementation) -> type[torch.autograd.Function]:
@@ -102,7 +97,8 @@ def autograd_function(implementation: Implementation) -> type[torch.autograd.Fun
             weight: Optional[Tensor],
             options: FairLossOptions,
         ) -> Tensor:
-            loss, saved = implementation.forward(logits, target, weight, options, False, None)
+            scoring = Scoring(target, weight, options)
+            loss, saved = implementation.forward(logits, scoring, False, None)
             ctx.options = options
             ctx.save_for_backward(logits, target, weight, *saved)
             return loss
@@ -118,9 +114,8 @@ def autograd_function(implementation: Implementation) -> type[torch.autograd.Fun
                 )
             grad_logits = grad_target = None
             if wants_logits_grad:
-                grad = implementation.backward(
-                    logits, target, weight, options, tuple(saved), grad_loss, None
-                )
+                scoring = Scoring(target, weight, options)
+                grad = implementation.backward(logits, scoring, tuple(saved), grad_loss, None)
                 grad_logits = grad.to(logits.dtype)
             if wants_target_grad:
                 grad_target = probability_target_gradient(

@@ -1,64 +1,92 @@
-"""The autograd Function behind :func:`fairloss.linear_fair_loss`: a linear head plus FairLoss in
-row chunks, so that no ``(rows, classes)`` tensor larger than one chunk ever exists.
+"""A linear head plus FairLoss in row chunks, so that no ``(rows, classes)`` tensor larger than one
+chunk ever exists: the head (:class:`Head`), the gradient accumulators (:class:`Gradients`), the
+chunk loops and the autograd Function behind :func:`fairloss.linear_fair_loss`.
 
-Each chunk computes its logits ``x @ W.T + b`` in the compute dtype, runs an
-:class:`~fairloss._impl.base.Implementation` on them and turns the logits' gradient into the
+Each chunk computes its logits ``x @ W.T + b`` in the compute dtype (capped at
+``c * tanh(z / c)`` with a ``softcap``), runs an :class:`~fairloss._impl.base.Implementation` on
+them and folds the logits' gradient (times the softcap's derivative ``1 - tanh**2``) into the
 gradients of ``x``, ``W`` and ``b`` before the next chunk starts. With an implementation that
 synchronises anyway (the CPU's), rows whose target is ``ignore_index`` are dropped before the
 matrix product; otherwise every row goes through and the implementation masks the ignored ones.
 For a summed loss the gradients are computed during forward (the loss is linear in its upstream
 gradient, a scalar) and backward only scales them; for per-row losses (and a second backward)
-forward's O(rows) statistics are kept and the logits recomputed.
-
-Three options act on each chunk's logits around the implementation: the softcap
-``c * tanh(z / c)`` is applied to the logits in place after the product (and its derivative
-``1 - tanh**2`` multiplied into their gradient before it is folded back); the z-loss
-(:func:`fairloss._cross_entropy.z_loss_and_slope`) adds to the row losses and, through
-``softmax(z)``, to their gradient; and the count of rows whose argmax is the target is taken
-from the (capped) logits for ``return_accuracy``.
+forward's O(rows) statistics are kept and the logits recomputed. The vocab-parallel head
+(:mod:`fairloss._impl.vocab_parallel`) runs its stages over the same :class:`Head` and
+:class:`Gradients`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional, Union
 
 import torch
 from torch import Tensor
 
-from fairloss._cross_entropy import z_loss_and_slope
-from fairloss._impl.base import Implementation, Saved
-from fairloss._penalty import FairLossOptions, compute_dtype
+from fairloss._impl.base import Implementation, Saved, Scoring
+from fairloss._penalty import compute_dtype
+from fairloss._validation import FairLossOptions
+
+__all__ = [
+    "ChunkedForward",
+    "ChunkedSettings",
+    "Gradients",
+    "Head",
+    "LinearFairLossFunction",
+    "chunked_backward",
+    "chunked_forward",
+    "default_chunk_size",
+]
+
+#: The numbers in one chunk's logits when ``chunk_size`` is not given; see
+#: :func:`default_chunk_size`.
+CHUNK_NUMBERS = 2**23
+
+
+def default_chunk_size(num_rows: int, num_classes: int) -> int:
+    """Rows per chunk when ``chunk_size`` is not given.
+
+    A chunk's ``(rows, V)`` logits get about :data:`CHUNK_NUMBERS` (:math:`2^{23}`, 32 MB in
+    float32) numbers: that over ``V``, rounded down to a power of two, at least 1 and at most
+    ``num_rows``. For an LM head (N = 8192, H = 512) that is 256 rows at V = 32,000 and 64 at
+    V = 128,000, where the chunk's temporaries (logits, their gradient, a workspace) stay below
+    torch's chunked ``F.linear_cross_entropy``'s peak and the weight gradient's per-chunk
+    update ``grad_W += grad_logits.T @ x`` still multiplies enough rows to run at matrix-product
+    speed (docs/linear.md measures both).
+
+    Example:
+        >>> from fairloss._impl.chunked_linear import default_chunk_size
+        >>> default_chunk_size(8192, 32000), default_chunk_size(8192, 128000)
+        (256, 64)
+        >>> default_chunk_size(100_000, 10)  # a small head: one chunk
+        100000
+    """
+    rows = max(1, CHUNK_NUMBERS // max(num_classes, 1))
+    return max(1, min(1 << (rows.bit_length() - 1), num_rows))
 
 
 @dataclass(frozen=True)
-class LinearFairLossSettings:
-    """The non-tensor arguments of one chunked call.
+class ChunkedSettings:
+    """How one chunked call runs (the math is in :class:`~fairloss._validation.FairLossOptions`).
 
     ``summed`` selects the output: the sum of the row losses (a scalar) when True, the ``(M,)``
-    row losses (0 on ignored rows) when False. ``chunk_size`` is the number of kept rows per chunk.
-    ``grad_enabled`` is the caller's grad mode (forward runs without it, and ``needs_input_grad``
-    does not see ``torch.no_grad()``): without it no gradient is precomputed.
-    ``drop_ignored_rows`` removes the ignored rows before the matrix products (it synchronises:
-    for implementations that do anyway). ``softcap`` (None: none) caps the logits at
-    ``c * tanh(z / c)``; ``z_loss_scale`` weighs the z-loss; ``count_correct`` counts the kept
-    rows whose (capped) logits' argmax is the target.
+    row losses (0 on ignored rows) when False. ``grad_enabled`` is the caller's grad mode
+    (forward runs without it, and ``needs_input_grad`` does not see ``torch.no_grad()``): without
+    it no gradient is precomputed. ``count_correct`` counts the kept rows whose (capped) logits'
+    argmax is the target. Ignored rows are dropped before the products when the implementation
+    synchronises anyway.
     """
 
-    options: FairLossOptions
     implementation: Implementation
-    drop_ignored_rows: bool
-    summed: bool
     chunk_size: int
+    summed: bool
     grad_enabled: bool
-    softcap: Optional[float] = None
-    z_loss_scale: float = 0.0
     count_correct: bool = False
 
 
-class _Chunk(NamedTuple):
-    """One chunk of kept rows: where they sit in the ``(M, H)`` input, and their data."""
+class Chunk(NamedTuple):
+    """One chunk of kept rows: where they sit among the kept rows and in the input, and data."""
 
     positions: slice
     input_rows: Optional[Tensor]  # row indices into the input, or None when no row is dropped
@@ -66,16 +94,13 @@ class _Chunk(NamedTuple):
     target: Tensor  # (rows,)
 
 
-class ZLoss(NamedTuple):
-    """A chunk's z-loss per row, its slope (both 0 on ignored rows) and ``logsumexp(z)``."""
+class Head:
+    """The linear head in the compute dtype, and the row selection shared by all chunks.
 
-    value: Tensor
-    slope: Tensor
-    log_normalizer: Tensor
-
-
-class _Head:
-    """The linear head in the compute dtype, and the row selection shared by all chunks."""
+    ``drop_ignored_rows`` removes the rows whose target is ignored (it synchronises);
+    ``workspace`` allocates, once per call, a logits-sized buffer an implementation may write
+    into.
+    """
 
     def __init__(
         self,
@@ -83,37 +108,54 @@ class _Head:
         linear_weight: Tensor,
         linear_bias: Optional[Tensor],
         target: Tensor,
-        settings: LinearFairLossSettings,
+        options: FairLossOptions,
+        chunk_size: int,
+        *,
+        drop_ignored_rows: bool,
+        workspace: bool,
     ) -> None:
         self.dtype = compute_dtype(input.dtype)
         self.input = input
-        self.softcap = settings.softcap
-        self.z_loss_scale = settings.z_loss_scale
-        self.ignore_index = settings.options.ignore_index
+        self.chunk_size = chunk_size
+        self.softcap = options.softcap
+        self.ignore_index = options.ignore_index
         # A bfloat16/float16 weight is cast once, so the products accumulate in float32.
         self.weight = linear_weight.to(self.dtype)
         self.bias = None if linear_bias is None else linear_bias.to(self.dtype)
         self.kept_rows: Optional[Tensor] = None
         self.target = target
-        kept = target != settings.options.ignore_index
-        if settings.drop_ignored_rows and not bool(kept.all()):
+        kept = target != options.ignore_index
+        if drop_ignored_rows and not bool(kept.all()):
             self.kept_rows = torch.nonzero(kept).squeeze(1)
             self.target = target.index_select(0, self.kept_rows)
         self.num_kept = self.target.shape[0]
         # Whether any row counts: known on the host when ignored rows were dropped.
-        self.any_kept: bool | Tensor = self.num_kept > 0
-        if not settings.drop_ignored_rows and self.num_kept > 0:
+        self.any_kept: Union[bool, Tensor] = self.num_kept > 0
+        if not drop_ignored_rows and self.num_kept > 0:
             self.any_kept = kept.any()
-        # The chunk's logits and the implementation's workspace: allocated once per call, here.
-        buffer_shape = (min(settings.chunk_size, self.num_kept), self.weight.shape[0])
+        buffer_shape = (min(chunk_size, self.num_kept), self.weight.shape[0])
         self._logits_buffer = input.new_empty(buffer_shape, dtype=self.dtype)
-        self._workspace: Optional[Tensor] = None
-        if settings.implementation.uses_workspace:
-            self._workspace = torch.empty_like(self._logits_buffer)
+        self._workspace = torch.empty_like(self._logits_buffer) if workspace else None
 
-    def chunks(self, chunk_size: int) -> Iterator[_Chunk]:
-        for start in range(0, self.num_kept, chunk_size):
-            positions = slice(start, min(start + chunk_size, self.num_kept))
+    @classmethod
+    def for_settings(
+        cls,
+        tensors: tuple[Tensor, Tensor, Optional[Tensor], Tensor],
+        options: FairLossOptions,
+        settings: ChunkedSettings,
+    ) -> Head:
+        """The head of ``(input, linear_weight, linear_bias, target)`` as ``settings`` runs it:
+        ignored rows dropped, and a workspace, where the implementation asks for them."""
+        implementation = settings.implementation
+        return cls(
+            *tensors, options, settings.chunk_size,
+            drop_ignored_rows=implementation.synchronizes,
+            workspace=implementation.uses_workspace,
+        )  # fmt: skip
+
+    def chunks(self) -> Iterator[Chunk]:
+        for start in range(0, self.num_kept, self.chunk_size):
+            positions = slice(start, min(start + self.chunk_size, self.num_kept))
             target = self.target[positions]
             if self.kept_rows is None:
                 input_rows = None
@@ -121,7 +163,7 @@ class _Head:
             else:
                 input_rows = self.kept_rows[positions]
                 hidden = self.input.index_select(0, input_rows)
-            yield _Chunk(positions, input_rows, hidden.to(self.dtype), target)
+            yield Chunk(positions, input_rows, hidden.to(self.dtype), target)
 
     def logits(self, hidden: Tensor) -> Tensor:
         """``hidden @ W.T + b`` (softcapped), written into the buffer every chunk reuses."""
@@ -134,35 +176,14 @@ class _Head:
             logits.div_(self.softcap).tanh_().mul_(self.softcap)
         return logits
 
-    def z_loss(self, logits: Tensor, target: Tensor) -> Optional[ZLoss]:
-        """The chunk's z-loss per row, 0 on ignored rows (None without a z-loss)."""
-        if self.z_loss_scale == 0:
-            return None
-        log_normalizer = torch.logsumexp(logits, dim=1)
-        value, slope = z_loss_and_slope(log_normalizer, self.z_loss_scale)
-        valid = target != self.ignore_index
-        return ZLoss(torch.where(valid, value, 0.0), torch.where(valid, slope, 0.0), log_normalizer)
+    def softcap_derivative_(self, grad_logits: Tensor, logits: Tensor) -> Tensor:
+        """Multiply the capped logits' gradient by the cap's derivative ``1 - (z / c) ** 2``.
 
-    def finish_gradient_(
-        self,
-        grad_logits: Tensor,
-        logits: Tensor,
-        z_loss: Optional[ZLoss],
-        grad_rows: Optional[Tensor],
-    ) -> None:
-        """Add the z-loss's gradient, then take the softcap's derivative, in place.
-
-        The z-loss adds ``g * slope * softmax(z)`` (``grad_rows`` is ``g``, None for ones); the
-        softcap multiplies by ``1 - (z / c) ** 2``, computed over the logits buffer, which is not
-        needed afterwards.
+        Computed over the logits buffer, which is not needed afterwards.
         """
-        if z_loss is not None:
-            scale = z_loss.slope if grad_rows is None else grad_rows * z_loss.slope
-            probs = (logits - z_loss.log_normalizer.unsqueeze(1)).exp_()
-            grad_logits.add_(probs.mul_(scale.unsqueeze(1)))
         if self.softcap is not None:
-            derivative = logits.div_(self.softcap).square_().neg_().add_(1)
-            grad_logits.mul_(derivative)
+            grad_logits.mul_(logits.div_(self.softcap).square_().neg_().add_(1))
+        return grad_logits
 
     def count_correct(self, logits: Tensor, target: Tensor) -> Tensor:
         """How many rows of the chunk have their argmax (first on ties) at the target."""
@@ -181,9 +202,8 @@ class Gradients:
     the input's dtype, which the weight and bias share, when handed out.
     """
 
-    def __init__(
-        self, head: _Head, needs_input: bool, needs_weight: bool, needs_bias: bool
-    ) -> None:
+    def __init__(self, head: Head, needs_grad: tuple[bool, bool, bool]) -> None:
+        needs_input, needs_weight, needs_bias = needs_grad
         input = head.input
         self.dtype = input.dtype
         self.any_kept = head.any_kept
@@ -195,7 +215,7 @@ class Gradients:
         if needs_bias and head.bias is not None:
             self.bias = torch.zeros_like(head.bias)
 
-    def add_chunk(self, head: _Head, chunk: _Chunk, grad_logits: Tensor) -> None:
+    def add_chunk(self, head: Head, chunk: Chunk, grad_logits: Tensor) -> None:
         """Fold one chunk's logits gradient into the input, weight and bias gradients."""
         if self.input is not None:
             if chunk.input_rows is None and self.input.dtype == grad_logits.dtype:
@@ -242,12 +262,10 @@ class ChunkedForward(NamedTuple):
 
 
 def chunked_forward(
-    input: Tensor,
-    linear_weight: Tensor,
-    linear_bias: Optional[Tensor],
-    target: Tensor,
+    head: Head,
     weight: Optional[Tensor],
-    settings: LinearFairLossSettings,
+    options: FairLossOptions,
+    settings: ChunkedSettings,
     needs_grad: tuple[bool, bool, bool],
 ) -> ChunkedForward:
     """The loss chunk by chunk; for a summed loss, also the gradients ``needs_grad`` asks for.
@@ -256,32 +274,29 @@ def chunked_forward(
     gradient. The loss is the sum of the row losses when ``settings.summed``, else the ``(M,)``
     row losses (0 on ignored rows), in the compute dtype.
     """
-    options, implementation = settings.options, settings.implementation
-    head = _Head(input, linear_weight, linear_bias, target, settings)
+    implementation = settings.implementation
     gradients = None
     if settings.summed and settings.grad_enabled and any(needs_grad):
-        gradients = Gradients(head, *needs_grad)
-    row_losses = input.new_zeros(head.num_kept, dtype=head.dtype)
-    correct = input.new_zeros((), dtype=torch.long)
+        gradients = Gradients(head, needs_grad)
+    row_losses = head.input.new_zeros(head.num_kept, dtype=head.dtype)
+    correct = head.input.new_zeros((), dtype=torch.long)
     chunk_statistics = []
-    for chunk in head.chunks(settings.chunk_size):
+    for chunk in head.chunks():
         logits = head.logits(chunk.hidden)
         if settings.count_correct:
             correct += head.count_correct(logits, chunk.target)
-        z_loss = head.z_loss(logits, chunk.target)
+        workspace = head.workspace(len(logits))
+        scoring = Scoring(chunk.target, weight, options)
         # Compact statistics: kept rows of softmax(beta * z) would add up over chunks.
         if gradients is None:
-            loss, statistics = implementation.forward(
-                logits, chunk.target, weight, options, True, head.workspace(len(logits))
-            )
+            loss, statistics = implementation.forward(logits, scoring, True, workspace)
         else:
             loss, statistics, grad_logits = implementation.forward_backward(
-                logits, chunk.target, weight, options, head.workspace(len(logits))
+                logits, scoring, workspace
             )
-            head.finish_gradient_(grad_logits, logits, z_loss, None)
-            gradients.add_chunk(head, chunk, grad_logits)
+            gradients.add_chunk(head, chunk, head.softcap_derivative_(grad_logits, logits))
             del grad_logits  # before the next chunk's temporaries exist
-        row_losses[chunk.positions] = loss if z_loss is None else loss + z_loss.value
+        row_losses[chunk.positions] = loss
         chunk_statistics.append(statistics)
 
     if settings.summed:
@@ -289,18 +304,16 @@ def chunked_forward(
     elif head.kept_rows is None:
         total = row_losses
     else:
-        total = input.new_zeros(input.shape[0], dtype=head.dtype)
+        total = head.input.new_zeros(head.input.shape[0], dtype=head.dtype)
         total.index_copy_(0, head.kept_rows, row_losses)
     return ChunkedForward(total, correct, gradients, chunk_statistics)
 
 
 def chunked_backward(
-    input: Tensor,
-    linear_weight: Tensor,
-    linear_bias: Optional[Tensor],
-    target: Tensor,
+    head: Head,
     weight: Optional[Tensor],
-    settings: LinearFairLossSettings,
+    options: FairLossOptions,
+    settings: ChunkedSettings,
     needs_grad: tuple[bool, bool, bool],
     grad_output: Tensor,
     chunk_statistics: Optional[list[Saved]],
@@ -310,9 +323,8 @@ def chunked_backward(
     ``grad_output`` is the upstream gradient of :func:`chunked_forward`'s loss; each chunk's
     statistics are forward's when given, else recomputed.
     """
-    options, implementation = settings.options, settings.implementation
-    head = _Head(input, linear_weight, linear_bias, target, settings)
-    gradients = Gradients(head, *needs_grad)
+    implementation = settings.implementation
+    gradients = Gradients(head, needs_grad)
     grad_rows = grad_output.to(head.dtype)
     if settings.summed:
         grad_rows = grad_rows.expand(head.num_kept)
@@ -320,22 +332,19 @@ def chunked_backward(
         grad_rows = grad_rows.index_select(0, head.kept_rows)
     if head.kept_rows is None:  # ignored rows get none, even from an inf or NaN upstream
         grad_rows = torch.where(head.target != options.ignore_index, grad_rows, 0.0)
-    for index, chunk in enumerate(head.chunks(settings.chunk_size)):
+    for index, chunk in enumerate(head.chunks()):
         logits = head.logits(chunk.hidden)
         workspace = head.workspace(len(logits))
+        scoring = Scoring(chunk.target, weight, options)
         if chunk_statistics is None:
-            _, statistics = implementation.forward(
-                logits, chunk.target, weight, options, True, workspace
-            )
+            _, statistics = implementation.forward(logits, scoring, True, workspace)
         else:
             statistics = chunk_statistics[index]
-        z_loss = head.z_loss(logits, chunk.target)
-        chunk_grad_rows = grad_rows[chunk.positions]
+        grad_rows_chunk = grad_rows[chunk.positions]
         grad_logits = implementation.backward(
-            logits, chunk.target, weight, options, statistics, chunk_grad_rows, workspace
+            logits, scoring, statistics, grad_rows_chunk, workspace
         )
-        head.finish_gradient_(grad_logits, logits, z_loss, chunk_grad_rows)
-        gradients.add_chunk(head, chunk, grad_logits)
+        gradients.add_chunk(head, chunk, head.softcap_derivative_(grad_logits, logits))
         del grad_logits
     return gradients.scaled_(None)
 
@@ -346,8 +355,7 @@ class LinearFairLossFunction(torch.autograd.Function):
 
     Inputs: ``input`` ``(M, H)``, ``linear_weight`` ``(V, H)`` of the same dtype,
     ``linear_bias`` ``(V,)`` or None, class indices ``target`` ``(M,)``, class weights ``(V,)``
-    or None, and :class:`LinearFairLossSettings`. The output is in the compute dtype (float64 for
-    float64 input, float32 otherwise).
+    or None, the options and the :class:`ChunkedSettings`. The output is in the compute dtype.
 
     Forward keeps each chunk's O(rows) statistics. With a summed output it also computes the
     gradients, which the first backward scales in place and hands out (so that they become the
@@ -364,19 +372,13 @@ class LinearFairLossFunction(torch.autograd.Function):
         linear_bias: Optional[Tensor],
         target: Tensor,
         weight: Optional[Tensor],
-        settings: LinearFairLossSettings,
+        options: FairLossOptions,
+        settings: ChunkedSettings,
     ) -> tuple[Tensor, Tensor]:
-        needs_input, needs_weight, needs_bias = ctx.needs_input_grad[:3]
-        result = chunked_forward(
-            input,
-            linear_weight,
-            linear_bias,
-            target,
-            weight,
-            settings,
-            (needs_input, needs_weight, needs_bias),
-        )
-        ctx.settings = settings
+        head = Head.for_settings((input, linear_weight, linear_bias, target), options, settings)
+        needs_grad = tuple(ctx.needs_input_grad[:3])
+        result = chunked_forward(head, weight, options, settings, needs_grad)
+        ctx.options, ctx.settings = options, settings
         ctx.gradients = result.gradients
         ctx.chunk_statistics = result.chunk_statistics
         ctx.save_for_backward(input, linear_weight, linear_bias, target, weight)
@@ -396,18 +398,11 @@ class LinearFairLossFunction(torch.autograd.Function):
         precomputed: Optional[Gradients] = ctx.gradients
         if precomputed is not None:
             ctx.gradients = None  # handed out, scaled in place: a second backward recomputes
-            return (*precomputed.scaled_(grad_output), None, None, None)
-        input, linear_weight, linear_bias, target, weight = ctx.saved_tensors
-        needs_input, needs_weight, needs_bias = ctx.needs_input_grad[:3]
+            return (*precomputed.scaled_(grad_output), None, None, None, None)
+        *tensors, weight = ctx.saved_tensors
+        head = Head.for_settings(tuple(tensors), ctx.options, ctx.settings)
         gradients = chunked_backward(
-            input,
-            linear_weight,
-            linear_bias,
-            target,
-            weight,
-            ctx.settings,
-            (needs_input, needs_weight, needs_bias),
-            grad_output,
-            ctx.chunk_statistics,
-        )
-        return (*gradients, None, None, None)
+            head, weight, ctx.options, ctx.settings, tuple(ctx.needs_input_grad[:3]),
+            grad_output, ctx.chunk_statistics,
+        )  # fmt: skip
+        return (*gradients, None, None, None, None)

@@ -10,7 +10,7 @@ the elements with a penalty gradient, their rows of ``softmax(beta * z)``.
 ``nonzero`` and ``bool(tensor)`` synchronise with the host and give data-dependent shapes, so
 this implementation is chosen on CPU only (:func:`fairloss._impl.select`); it is the fastest
 there. :mod:`fairloss._impl.sparse_compiled` runs the same data-dependent steps
-(:func:`penalty_statistics`, :func:`add_penalty_gradient_`) as custom operators under
+(:func:`penalty_statistics`, :func:`recompute_penalty_gradient_`) as custom operators under
 ``torch.compile``.
 """
 
@@ -21,13 +21,20 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor
 
-from fairloss._cross_entropy import cross_entropy_from_log_probs, cross_entropy_gradient_
-from fairloss._impl.base import Implementation, Saved
+from fairloss._cross_entropy import (
+    CrossEntropyRows,
+    cross_entropy_gradient_,
+    cross_entropy_rows,
+    probability_target_sums,
+    smoothing_sum,
+)
+from fairloss._impl.base import Implementation, Saved, Scoring
 from fairloss._penalty import (
-    FairLossOptions,
+    add_penalty_gradient_,
     beta_softmax_,
     clear_winners,
     compute_dtype,
+    finite_max,
     penalty_and_slope,
     penalty_candidates,
     penalty_weight,
@@ -36,8 +43,14 @@ from fairloss._penalty import (
     smooth_max_terms,
     winner_margin,
 )
+from fairloss._validation import FairLossOptions
 
-__all__ = ["IMPLEMENTATION", "add_penalty_gradient_", "penalty_statistics"]
+__all__ = [
+    "IMPLEMENTATION",
+    "penalty_statistics",
+    "recompute_penalty_gradient_",
+    "smooth_max_options",
+]
 
 
 class ElementStatistics(NamedTuple):
@@ -63,6 +76,8 @@ class ElementStatistics(NamedTuple):
 
     reference: Tensor
     valid: Optional[Tensor]  # None: every element counts
+    softmax_scale: Tensor  # cross-entropy's coefficient of softmax(z), the z-loss slope included
+    reference_amount: Tensor  # cross-entropy's (1 - eps) w_r
     beta_normalizer: Tensor
     penalty_slope: Tensor
     active_index: Optional[Tensor] = None
@@ -71,19 +86,12 @@ class ElementStatistics(NamedTuple):
 
 
 def forward(
-    logits: Tensor,
-    target: Tensor,
-    weight: Optional[Tensor],
-    options: FairLossOptions,
-    compact: bool,
-    workspace: Optional[Tensor],
+    logits: Tensor, scoring: Scoring, compact: bool, workspace: Optional[Tensor]
 ) -> tuple[Tensor, Saved]:
     """Element losses and :class:`ElementStatistics` (without the kept rows when ``compact``)."""
     loss, statistics, log_probs = _forward(
         logits,
-        target,
-        weight,
-        options,
+        scoring,
         keep_log_probs=not compact and logits.dim() == 3,
         keep_active_rows=not compact,
         workspace=workspace,
@@ -94,11 +102,7 @@ def forward(
 
 
 def forward_backward(
-    logits: Tensor,
-    target: Tensor,
-    weight: Optional[Tensor],
-    options: FairLossOptions,
-    workspace: Optional[Tensor],
+    logits: Tensor, scoring: Scoring, workspace: Optional[Tensor]
 ) -> tuple[Tensor, Saved, Tensor]:
     """Element losses, compact statistics, and the gradient for an upstream gradient of ones.
 
@@ -106,30 +110,16 @@ def forward_backward(
     saving a pass and an allocation.
     """
     loss, statistics, log_probs = _forward(
-        logits,
-        target,
-        weight,
-        options,
-        keep_log_probs=True,
-        keep_active_rows=True,
-        workspace=workspace,
+        logits, scoring, keep_log_probs=True, keep_active_rows=True, workspace=workspace
     )
     assert log_probs is not None  # kept on request
-    grad = _backward(
-        logits, target, weight, options, statistics, torch.ones_like(loss), log_probs.exp_()
-    )
+    grad = _backward(logits, scoring, statistics, torch.ones_like(loss), log_probs.exp_())
     compact = statistics._replace(active_index=None, active_beta_softmax=None)
     return loss, tuple(compact), grad
 
 
 def backward(
-    logits: Tensor,
-    target: Tensor,
-    weight: Optional[Tensor],
-    options: FairLossOptions,
-    saved: Saved,
-    grad_loss: Tensor,
-    workspace: Optional[Tensor],
+    logits: Tensor, scoring: Scoring, saved: Saved, grad_loss: Tensor, workspace: Optional[Tensor]
 ) -> Tensor:
     """Gradient of ``sum(grad_loss * loss)`` with respect to the logits (in ``workspace``)."""
     statistics = ElementStatistics(*saved)  # type: ignore[arg-type]
@@ -137,40 +127,45 @@ def backward(
         probs = torch.exp(statistics.log_probs, out=workspace)
     else:
         probs = torch.softmax(logits.to(compute_dtype(logits.dtype)), dim=1, out=workspace)
-    return _backward(logits, target, weight, options, statistics, grad_loss, probs)
+    return _backward(logits, scoring, statistics, grad_loss, probs)
 
 
 def _forward(
     logits: Tensor,
-    target: Tensor,
-    weight: Optional[Tensor],
-    options: FairLossOptions,
+    scoring: Scoring,
     *,
     keep_log_probs: bool,
     keep_active_rows: bool,
     workspace: Optional[Tensor],
 ) -> tuple[Tensor, ElementStatistics, Optional[Tensor]]:
     """Element losses, the statistics backward needs, and maybe the log-softmax buffer."""
+    target, weight, options = scoring
     logits = logits.to(compute_dtype(logits.dtype))
     log_probs = torch.log_softmax(logits, dim=1, out=workspace)
     reference, valid = reference_class(target, options, clamp=True)
     reference_log_prob = log_probs.gather(1, reference.unsqueeze(1)).squeeze(1)
     class_weight = penalty_weight(weight, reference, valid, logits.dtype)
-    nll = None
-    all_valid = options.probability_target or bool(valid.all())
-    if not options.probability_target:  # the gathered log-probability saves nll_loss's gather
-        nll = torch.mul(class_weight, reference_log_prob).neg_()
-        if not all_valid:  # 0 * -inf on an ignored element would be NaN
-            nll = torch.where(valid, nll, 0.0)
-    kept_valid = None if all_valid else valid
-    ce = cross_entropy_from_log_probs(log_probs, target, weight, options, nll=nll)
+    kept_valid = None if options.probability_target or bool(valid.all()) else valid
+    mass, target_shift = class_weight, class_weight * reference_log_prob
+    if options.probability_target:
+        mass, target_shift = probability_target_sums(log_probs, target, weight)
+    smoothing = smoothing_sum(log_probs, weight) if options.label_smoothing > 0 else None
+    reference_logit = logits.gather(1, reference.unsqueeze(1)).squeeze(1)
+    num_classes = logits.shape[1]
+    cross_entropy = cross_entropy_rows(
+        mass, target_shift, smoothing, None, kept_valid, options, num_classes=num_classes,
+        total_weight=num_classes if weight is None else weight.to(logits.dtype).sum(),
+        log_sum_exp=lambda: reference_logit - reference_log_prob,  # log p_r = z_r - lse
+    )  # fmt: skip
+    ce = cross_entropy.loss
     kept = log_probs if keep_log_probs else None
     del log_probs
+    rows = (reference, kept_valid, cross_entropy.softmax_scale, cross_entropy.reference_amount)
     if options.penalty_is_off or logits.numel() == 0:
         zeros = torch.zeros_like(ce)
-        return ce, ElementStatistics(reference, kept_valid, zeros, zeros), kept
-    row_max = logits.amax(dim=1)
-    max_gap = row_max - logits.gather(1, reference.unsqueeze(1)).squeeze(1)
+        return ce, ElementStatistics(*rows, zeros, zeros), kept
+    row_max = finite_max(logits.amax(dim=1))
+    max_gap = row_max - reference_logit
     candidates = penalty_candidates(max_gap, valid, reference_log_prob, options)
     penalty, beta_normalizer, penalty_slope, active = penalty_statistics(
         logits,
@@ -179,13 +174,11 @@ def _forward(
         row_max,
         max_gap,
         candidates,
-        options.smooth_max_beta,
-        options.scaling_factor,
-        options.penalty_scale,
+        smooth_max_options(options),
         keep_active_rows=keep_active_rows,
     )
-    loss = ce.addcmul_(class_weight, penalty)  # ce is this function's own tensor
-    statistics = ElementStatistics(reference, kept_valid, beta_normalizer, penalty_slope, *active)
+    loss = ce.addcmul(class_weight, penalty)
+    statistics = ElementStatistics(*rows, beta_normalizer, penalty_slope, *active)
     return loss, statistics, kept
 
 
@@ -196,9 +189,7 @@ def penalty_statistics(
     row_max: Tensor,
     max_gap: Tensor,
     candidates: Tensor,
-    smooth_max_beta: float,
-    scaling_factor: float,
-    penalty_scale: float,
+    smooth_max: tuple[float, float, float],
     *,
     keep_active_rows: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, ...]]:
@@ -206,14 +197,15 @@ def penalty_statistics(
 
     Takes the logits with per-element numbers the caller computed alongside cross-entropy: the
     row maximum, ``max_gap = max - z[r]`` and :func:`~fairloss._penalty.penalty_candidates`
-    (which a caller may already have narrowed with :func:`~fairloss._penalty.clear_winners`).
+    (which a caller may already have narrowed with :func:`~fairloss._penalty.clear_winners`),
+    and ``smooth_max``, the options ``(smooth_max_beta, scaling_factor, penalty_scale)``.
     Returns ``(penalty, beta_normalizer, penalty_slope, active)`` as described in
     :class:`ElementStatistics`, with ``active`` = ``(active_index, active_beta_softmax)`` when
     ``keep_active_rows`` (else empty); the penalty is not yet multiplied by the class weight.
     SmoothMax is computed on the candidates only; the other elements get ``lambda`` (saturated)
     or 0 (clear winners).
     """
-    beta, scale, lam = smooth_max_beta, scaling_factor, penalty_scale
+    beta, scale, lam = smooth_max
     penalty = max_gap.sign().mul_(lam)  # saturated elements: tanh = 1; winners (gap 0): 0
     beta_normalizer = torch.zeros_like(penalty)
     penalty_slope = torch.zeros_like(penalty)
@@ -246,11 +238,15 @@ def penalty_statistics(
     return penalty, beta_normalizer, penalty_slope, (flat[active], beta_softmax)
 
 
+def smooth_max_options(options: FairLossOptions) -> tuple[float, float, float]:
+    """``(smooth_max_beta, scaling_factor, penalty_scale)``: :func:`penalty_statistics`'s."""
+    assert options.penalty_scale is not None  # resolved for single-device logits
+    return options.smooth_max_beta, options.scaling_factor, options.penalty_scale
+
+
 def _backward(
     logits: Tensor,
-    target: Tensor,
-    weight: Optional[Tensor],
-    options: FairLossOptions,
+    scoring: Scoring,
     statistics: ElementStatistics,
     grad_loss: Tensor,
     probs: Tensor,
@@ -260,14 +256,19 @@ def _backward(
     On the elements with a nonzero penalty slope the penalty adds
     ``grad_loss * penalty_slope * (softmax(beta * z) - onehot(r))``.
     """
+    target, weight, options = scoring
     logits = logits.to(compute_dtype(logits.dtype))
     grad_loss = grad_loss.to(logits.dtype)
     if statistics.valid is not None:
         grad_loss = torch.where(statistics.valid, grad_loss, 0.0)
-    grad = cross_entropy_gradient_(probs, target, weight, options, statistics.reference, grad_loss)
+    rows = CrossEntropyRows(probs, statistics.softmax_scale, statistics.reference_amount)
+    grad = cross_entropy_gradient_(
+        probs, rows, grad_loss, statistics.reference, target, weight, options,
+        num_classes=logits.shape[1],
+    )  # fmt: skip
     penalty_gradient_scale = grad_loss * statistics.penalty_slope
     if statistics.active_index is None:
-        add_penalty_gradient_(
+        recompute_penalty_gradient_(
             grad,
             logits,
             statistics.reference,
@@ -287,7 +288,7 @@ def _backward(
     return grad
 
 
-def add_penalty_gradient_(
+def recompute_penalty_gradient_(
     grad: Tensor,
     logits: Tensor,
     reference: Tensor,
@@ -326,14 +327,13 @@ def _add_rows_penalty_gradient_(
     beta_softmax: Tensor,
 ) -> None:
     """Add ``c * (softmax(beta * z) - onehot(r))`` at the elements ``flat`` of ``grad``."""
-    slope = penalty_gradient_scale.reshape(-1)[flat].unsqueeze(1)
-    penalty_grad = beta_softmax * slope
-    reference_column = reference.reshape(-1)[flat].unsqueeze(1)
-    penalty_grad.scatter_add_(1, reference_column, -slope)
+    slope = penalty_gradient_scale.reshape(-1)[flat]
     # The elements are distinct: gather, add, scatter back (cheaper than an accumulating put).
     grad_class_last = grad.movedim(1, -1)
     index = _element_index(flat, grad)
-    grad_class_last[index] = penalty_grad.add_(grad_class_last[index])
+    rows = grad_class_last[index]
+    add_penalty_gradient_(rows, beta_softmax, slope, reference.reshape(-1)[flat], slope)
+    grad_class_last[index] = rows
 
 
 IMPLEMENTATION = Implementation(

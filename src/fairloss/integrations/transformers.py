@@ -36,8 +36,7 @@ from transformers.loss.loss_utils import (
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from fairloss._validation import check_chunk_size, expected
-from fairloss.functional import fair_loss
-from fairloss.linear import linear_fair_loss
+from fairloss.functional import fair_loss, linear_fair_loss
 from fairloss.metrics import log_loss, penalized_brier_score, penalized_log_loss
 
 __all__ = [
