@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torchmetrics.functional.classification import multiclass_calibration_error
 
 from fairloss.metrics import (
     brier_score,
@@ -78,6 +77,10 @@ def score_predictions(probs: Tensor, labels: Tensor) -> dict[str, float]:
         >>> {name: round(value, 4) for name, value in scores.items()}
         {'accuracy': 0.6667, 'nll': 0.6067, 'ece': 0.4, 'brier': 0.44, 'pbs': 0.6067, 'pll': 0.8378}
     """
+    # torchmetrics is imported here, not with the module: `python -m experiments compare --help`
+    # imports this module and should not wait for it.
+    from torchmetrics.functional.classification import multiclass_calibration_error
+
     ece = multiclass_calibration_error(
         probs, labels, num_classes=probs.shape[1], n_bins=ECE_BINS, norm="l1"
     )

@@ -207,6 +207,32 @@ def test_module_entry_point_from_the_repository_root() -> None:
     assert "--noise-type {symmetric,pair}" in help_text
 
 
+def test_help_imports_none_of_the_heavy_demo_packages() -> None:
+    """``--help`` starts fast: torchmetrics, scikit-learn, scipy and matplotlib wait for a run.
+
+    (tqdm is left out of the check: torch itself imports it, for ``torch.hub``.)
+    """
+    heavy = ("torchmetrics", "sklearn", "scipy", "matplotlib")
+    code = (
+        "import sys\n"
+        "from experiments.cli import main\n"
+        "try:\n"
+        "    main(['compare', '--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        f"print(sorted(name for name in {heavy!r} if name in sys.modules))\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPOSITORY_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.splitlines()[-1] == "[]"
+
+
 def test_the_installed_package_has_no_command() -> None:
     """The harness is repository tooling: a base install puts no command on the path."""
     pyproject = (REPOSITORY_ROOT / "pyproject.toml").read_text()
