@@ -406,8 +406,6 @@ def use_fair_loss(model: Any, *, fused: bool = False, **fair_loss_options: Any) 
         ValueError: ``model`` of a ``loss_type`` without a FairLoss hook; ``fused=True`` for an
             architecture not in :data:`FUSED_ARCHITECTURES` (the message names the class); an
             option out of range (checked now, by :func:`fairloss.fair_loss`).
-        NotImplementedError: ``fused=True`` for a model with a final logit softcapping while
-            :func:`fairloss.linear.linear_fair_loss` has no ``softcap`` argument.
 
     Example:
         >>> import torch
@@ -477,15 +475,6 @@ def use_fair_loss(model: Any, *, fused: bool = False, **fair_loss_options: Any) 
             )
         )
     softcap_attribute = architecture.softcap_attribute
-    if (
-        softcap_attribute is not None
-        and getattr(model.config, softcap_attribute, None) is not None
-        and "softcap" not in inspect.signature(linear_fair_loss).parameters
-    ):
-        raise NotImplementedError(
-            f"{class_name} caps its logits (config.{softcap_attribute}), and "
-            "fairloss.linear.linear_fair_loss has no `softcap` argument yet: use fused=False."
-        )
     _check_options(
         fair_loss_options, _option_names(linear_fair_loss), "fairloss.linear.linear_fair_loss"
     )
