@@ -21,8 +21,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lint: setup
-	$(BIN)/ruff check src tests examples benchmarks docs
-	$(BIN)/ruff format --check src tests examples benchmarks docs
+	$(BIN)/ruff check src experiments tests examples benchmarks docs
+	$(BIN)/ruff format --check src experiments tests examples benchmarks docs
 	$(BIN)/mypy
 
 pytest: setup
@@ -30,14 +30,15 @@ pytest: setup
 
 test: lint pytest
 
+# The experiment harness lives in experiments/ (repository tooling, not installed): run from here.
 demo: setup
-	$(BIN)/fairloss compare
+	$(BIN)/python -m experiments compare
 
 # The grid behind docs/evidence.md: 2160 small runs on 2 worker processes, 31 minutes on 2 cores
 # shared with other work. Resumable: runs already in results/study/runs.jsonl are skipped
-# (`$(BIN)/fairloss study --fresh` starts over; `--core-grid` runs 1440 of them).
+# (`$(BIN)/python -m experiments study --fresh` starts over; `--core-grid` runs 1440 of them).
 study: setup
-	$(BIN)/fairloss study
+	$(BIN)/python -m experiments study
 
 bench: setup
 	$(BIN)/python -m benchmarks.run

@@ -490,5 +490,7 @@ def test_metrics_without_torchmetrics_say_how_to_install_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setitem(sys.modules, "torchmetrics.classification", None)
+    # fairloss.metrics.modules (ClassificationScores) imports afresh, and finds no torchmetrics
+    monkeypatch.delitem(sys.modules, "fairloss.metrics.modules", raising=False)
     with pytest.raises(ImportError, match=r"pytorch-fairloss\[transformers\]"):
         fair_loss_metrics()

@@ -43,6 +43,11 @@ def _worker(rank: int, init_file: str, result_dir: str) -> None:
             metric.update(probs[shard.start : middle], target[shard.start : middle])
             metric.update(probs[middle : shard.stop], target[middle : shard.stop])
             results[class_name] = metric.compute()  # syncs sum and count over both ranks
+        # The sums sync as above; the calibration error's inner metric syncs its own rows.
+        scores = metrics.ClassificationScores(NUM_CLASSES, n_bins=5)
+        scores.update(probs[shard.start : middle], target[shard.start : middle])
+        scores.update(probs[middle : shard.stop], target[middle : shard.stop])
+        results["ClassificationScores"] = scores.compute()
         torch.save(results, Path(result_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -66,6 +71,13 @@ def test_two_process_gloo_sync_equals_single_process(tmp_path: Path) -> None:
             torch.testing.assert_close(
                 results[class_name], expected, msg=f"{class_name}, rank {rank}"
             )
+        single_process_scores = metrics.ClassificationScores(NUM_CLASSES, n_bins=5)
+        single_process_scores.update(probs, target)
+        torch.testing.assert_close(
+            results["ClassificationScores"],
+            single_process_scores.compute(),
+            msg=f"ClassificationScores, rank {rank}",
+        )
         # and the local shard alone would give a different value: the sync did something
         local = metrics.penalized_log_loss(probs[: SHARD_SIZES[0]], target[: SHARD_SIZES[0]])
         assert not torch.allclose(local, results["PenalizedLogLoss"])

@@ -37,7 +37,6 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from fairloss._validation import check_chunk_size, expected
 from fairloss.functional import fair_loss, linear_fair_loss
-from fairloss.metrics import log_loss, penalized_brier_score, penalized_log_loss
 
 __all__ = [
     "FUSED_ARCHITECTURES",
@@ -406,8 +405,6 @@ def use_fair_loss(model: Any, *, fused: bool = False, **fair_loss_options: Any) 
         ValueError: ``model`` of a ``loss_type`` without a FairLoss hook; ``fused=True`` for an
             architecture not in :data:`FUSED_ARCHITECTURES` (the message names the class); an
             option out of range (checked now, by :func:`fairloss.fair_loss`).
-        NotImplementedError: ``fused=True`` for a model with a final logit softcapping while
-            :func:`fairloss.linear.linear_fair_loss` has no ``softcap`` argument.
 
     Example:
         >>> import torch
@@ -477,15 +474,6 @@ def use_fair_loss(model: Any, *, fused: bool = False, **fair_loss_options: Any) 
             )
         )
     softcap_attribute = architecture.softcap_attribute
-    if (
-        softcap_attribute is not None
-        and getattr(model.config, softcap_attribute, None) is not None
-        and "softcap" not in inspect.signature(linear_fair_loss).parameters
-    ):
-        raise NotImplementedError(
-            f"{class_name} caps its logits (config.{softcap_attribute}), and "
-            "fairloss.linear.linear_fair_loss has no `softcap` argument yet: use fused=False."
-        )
     _check_options(
         fair_loss_options, _option_names(linear_fair_loss), "fairloss.linear.linear_fair_loss"
     )
@@ -523,6 +511,9 @@ def fair_loss_metrics(
     * ``pbs``: the Penalized Brier Score (:func:`fairloss.metrics.penalized_brier_score`);
     * ``ece``: the expected calibration error, torchmetrics' ``MulticlassCalibrationError``
       (``norm="l1"``, ``n_bins`` equal-width bins).
+
+    These are the scores of :class:`fairloss.metrics.ClassificationScores`, updated chunk by
+    chunk with float64 sums.
 
     ``Trainer`` prefixes them with ``eval_``: select checkpoints by the Penalized Log Loss with
     ``metric_for_best_model="pll"`` and ``greater_is_better=False``.
@@ -563,7 +554,7 @@ def fair_loss_metrics(
         {'accuracy': 0.6667, 'nll': 0.9869, 'pll': 1.3531, 'pbs': 0.8342, 'ece': 0.4936}
     """
     try:
-        from torchmetrics.classification import MulticlassCalibrationError
+        from fairloss.metrics.modules import ClassificationScores
     except ModuleNotFoundError as error:
         raise ImportError(
             "fair_loss_metrics needs torchmetrics (for the calibration error), which is not "
@@ -610,19 +601,14 @@ def fair_loss_metrics(
         kept = labels.reshape(-1) != ignore_index
         rows = logits.reshape(-1, num_classes)[kept].double()
         targets = labels.reshape(-1)[kept].long()
-        calibration = MulticlassCalibrationError(num_classes=num_classes, n_bins=n_bins)
-        sums = {"accuracy": 0.0, "nll": 0.0, "pll": 0.0, "pbs": 0.0}
+        names = ("accuracy", "nll", "pll", "pbs", "ece")
+        if rows.shape[0] == 0:
+            return dict.fromkeys(names, math.nan)
+        scores = ClassificationScores(num_classes, n_bins=n_bins).set_dtype(torch.float64)
         for start in range(0, rows.shape[0], _METRIC_CHUNK_ROWS):
             probs = torch.softmax(rows[start : start + _METRIC_CHUNK_ROWS], dim=1)
-            target = targets[start : start + _METRIC_CHUNK_ROWS]
-            sums["accuracy"] += float((probs.argmax(dim=1) == target).sum())
-            sums["nll"] += float(log_loss(probs, target, reduction="sum"))
-            sums["pll"] += float(penalized_log_loss(probs, target, reduction="sum"))
-            sums["pbs"] += float(penalized_brier_score(probs, target, reduction="sum"))
-            calibration.update(probs.float(), target)
-        count = rows.shape[0]
-        metrics = {name: total / count if count else math.nan for name, total in sums.items()}
-        metrics["ece"] = float(calibration.compute()) if count else math.nan
-        return metrics
+            scores.update(probs, targets[start : start + _METRIC_CHUNK_ROWS])
+        totals = scores.compute()
+        return {name: float(totals[name]) for name in names}
 
     return compute_metrics

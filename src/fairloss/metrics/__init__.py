@@ -1,8 +1,9 @@
 """Superior scoring rules for probabilistic classifiers: PLL and PBS, with their plain bases.
 
 The functions need only torch. The stateful ``torchmetrics`` classes (``PenalizedLogLoss``,
-``PenalizedBrierScore``, ``LogLoss``, ``BrierScore``) are imported on first use and need the
-``metrics`` extra: ``pip install "pytorch-fairloss[metrics]"``.
+``PenalizedBrierScore``, ``LogLoss``, ``BrierScore``, and ``ClassificationScores``, which adds
+accuracy and the calibration error) are imported on first use and need the ``metrics`` extra:
+``pip install "pytorch-fairloss[metrics]"``.
 
 Reference: Ahmadian, Ghatee & Wahlström (2025), "Superior scoring rules for probabilistic
 evaluation of single-label multi-class classification tasks", International Journal of
@@ -22,10 +23,17 @@ from fairloss.metrics.functional import (
 )
 
 if TYPE_CHECKING:
-    from fairloss.metrics.modules import BrierScore, LogLoss, PenalizedBrierScore, PenalizedLogLoss
+    from fairloss.metrics.modules import (
+        BrierScore,
+        ClassificationScores,
+        LogLoss,
+        PenalizedBrierScore,
+        PenalizedLogLoss,
+    )
 
 __all__ = [
     "BrierScore",
+    "ClassificationScores",
     "LogLoss",
     "PenalizedBrierScore",
     "PenalizedLogLoss",
@@ -36,7 +44,13 @@ __all__ = [
     "probabilities_from_logits",
 ]
 
-_METRIC_CLASSES = ("BrierScore", "LogLoss", "PenalizedBrierScore", "PenalizedLogLoss")
+_METRIC_CLASSES = (
+    "BrierScore",
+    "ClassificationScores",
+    "LogLoss",
+    "PenalizedBrierScore",
+    "PenalizedLogLoss",
+)
 
 
 def __getattr__(name: str) -> Any:

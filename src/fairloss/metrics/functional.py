@@ -12,8 +12,9 @@ than every wrong one, while the rules stay strictly proper.
 
 The layout follows torchmetrics: ``_scoring_rule_arg_validation`` checks the inputs,
 ``_*_elements`` compute one score per row, ``_scoring_rule_update`` returns the sufficient
-statistics (sum, count) and ``_scoring_rule_compute`` turns them into the mean. The stateful
-metrics in :mod:`fairloss.metrics.modules` call these same helpers.
+statistics (sum, count) and ``_scoring_rule_compute`` turns them into the mean;
+``_classification_scores_update`` returns those of several scores at once. The stateful metrics in
+:mod:`fairloss.metrics.modules` call these same helpers.
 """
 
 from __future__ import annotations
@@ -252,6 +253,33 @@ def _scoring_rule_update(
 def _scoring_rule_compute(score_sum: Tensor, count: Tensor) -> Tensor:
     """The mean score; NaN for zero rows, as ``torch.mean`` of an empty tensor."""
     return score_sum / count
+
+
+def _classification_scores_update(
+    probs: Tensor, target: Tensor, num_classes: int, brier: str, validate_args: bool
+) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+    """Validate once, then the sufficient statistics of :class:`~fairloss.metrics.modules.
+    ClassificationScores`' means: the row sums of the correct predictions (argmax equal to the
+    target) and of the log loss, Brier score, PLL and PBS; the row count; and the target as class
+    indices, for the calibration error."""
+    target_index = _scoring_rule_arg_validation(probs, target, validate_args)
+    if probs.shape[1] != num_classes:
+        raise ValueError(
+            expected(
+                "probs",
+                f"a tensor of shape (N, {num_classes}), one column per class",
+                f"shape {tuple(probs.shape)}",
+            )
+        )
+    sums = {
+        "correct": (probs.argmax(dim=1) == target_index).sum(),
+        "nll": _log_loss_elements(probs, target_index).sum(),
+        "brier": _brier_score_elements(probs, target_index, brier).sum(),
+        "pll": _penalized_log_loss_elements(probs, target_index).sum(),
+        "pbs": _penalized_brier_score_elements(probs, target_index, brier).sum(),
+    }
+    count = torch.tensor(target_index.numel(), dtype=torch.long, device=probs.device)
+    return sums, count, target_index
 
 
 def _scoring_rule(

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from scipy.stats import t as student_t
 
-from fairloss._validation import expected
+from experiments.checks import expected
 
 __all__ = ["PairedDifference", "paired_difference"]
 

@@ -7,13 +7,13 @@ import math
 import pytest
 import torch
 
-from fairloss.experiment.paired import PairedDifference, paired_difference
-from fairloss.experiment.reporting import (
+from experiments.paired import PairedDifference, paired_difference
+from experiments.reporting import (
     format_difference,
     format_paired_table,
     paired_differences,
 )
-from fairloss.experiment.runner import RunResult
+from experiments.runner import RunResult
 
 # t quantiles from a printed table (Student's t, two-sided 95 %): df 1, 2, 4.
 T_975 = {1: 12.706, 2: 4.303, 4: 2.776}

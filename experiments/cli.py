@@ -1,11 +1,11 @@
-"""The ``fairloss`` command line.
+"""The harness's command line, run from the repository root: ``python -m experiments``.
 
-``fairloss compare`` trains a small model per (loss, training-label noise rate, seed) and compares
-accuracy and calibration on a test split, with paired differences against the first loss.
-``fairloss study`` runs the grid behind docs/evidence.md (resumable) and writes that page.
+``compare`` trains a small model per (loss, training-label noise rate, seed) and compares accuracy
+and calibration on a test split, with paired differences against the first loss. ``study`` runs
+the grid behind docs/evidence.md (resumable) and writes that page.
 
-Run ``fairloss compare --help`` or ``fairloss study --help`` for the options. The defaults of
-``compare`` are ``make demo``'s run; those of ``study`` are ``make study``'s.
+``--help`` after either lists its options; the defaults of ``compare`` are ``make demo``'s run,
+those of ``study`` are ``make study``'s.
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ from typing import Any, Callable, Optional
 import torch
 
 import fairloss
-from fairloss._validation import expected
-from fairloss.experiment.datasets import DATASET_NAMES, DEMO_EXTRA_HINT, MissingDependencyError
-from fairloss.experiment.losses import describe_losses, parse_loss_spec
-from fairloss.experiment.model import HIDDEN_SIZES
-from fairloss.experiment.noise import NOISE_TYPES
-from fairloss.experiment.study import (
+from experiments.checks import expected
+from experiments.datasets import DATASET_NAMES, DEMO_EXTRA_HINT, MissingDependencyError
+from experiments.losses import describe_losses, parse_loss_spec
+from experiments.model import HIDDEN_SIZES
+from experiments.noise import NOISE_TYPES
+from experiments.study import (
     BASELINES,
     CORE_FAIRLOSS_GRID,
     FULL_FAIRLOSS_GRID,
@@ -34,7 +34,10 @@ from fairloss.experiment.study import (
     parse_noise_setting,
 )
 
-__all__ = ["build_parser", "main"]
+__all__ = ["PROG", "build_parser", "main"]
+
+PROG = "python -m experiments"
+"""How the command line is started (from the repository root): its name in usage and messages."""
 
 DEFAULT_LOSSES = ("ce", "fairloss", "fairloss-pll", "ce-label-smoothing")
 DEFAULT_NOISE = (0.0, 0.3)
@@ -111,11 +114,13 @@ def _device(text: str) -> torch.device:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``fairloss`` command."""
+    """The argument parser of ``python -m experiments``."""
     parser = argparse.ArgumentParser(
-        prog="fairloss", description="pytorch-fairloss command line tools."
+        prog=PROG, description="The experiment harness of pytorch-fairloss (repository tooling)."
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {fairloss.__version__}")
+    parser.add_argument(
+        "--version", action="version", version=f"pytorch-fairloss {fairloss.__version__}"
+    )
     commands = parser.add_subparsers(dest="command", metavar="command", required=True)
     compare = commands.add_parser(
         "compare",
@@ -210,7 +215,7 @@ def _add_study_parser(commands: Any) -> None:
         "study",
         help="run the grid behind docs/evidence.md (resumable) and write that page",
         description=(
-            "Train one small MLP per (dataset, noise setting, loss, seed), as fairloss compare "
+            "Train one small MLP per (dataset, noise setting, loss, seed), as the compare command "
             "does, on worker processes with one torch thread each. Each run is appended to "
             "OUT/runs.jsonl when it ends; runs already there are skipped, so an interrupted "
             "study resumes (--fresh starts over). Then writes the evidence page (tables and "
@@ -290,7 +295,7 @@ def _add_study_parser(commands: Any) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the ``fairloss`` command line with ``argv`` (``sys.argv[1:]`` when ``None``).
+    """Run the harness's command line with ``argv`` (``sys.argv[1:]`` when ``None``).
 
     Returns:
         int: the exit status: 0 on success, 1 when an optional dependency is missing.
@@ -301,9 +306,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "study":
         try:
-            return _study(args, parser, command=" ".join(["fairloss", *argv]))
+            return _study(args, parser, command=" ".join([PROG, *argv]))
         except MissingDependencyError as error:
-            print(f"fairloss study: error: {error}", file=sys.stderr)
+            print(f"{PROG} study: error: {error}", file=sys.stderr)
             return 1
     device: torch.device = args.device
     try:
@@ -311,22 +316,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (RuntimeError, AssertionError) as error:  # torch asserts on a CPU-only build
         parser.error(expected("device", "a device this machine has", f"{str(device)!r} ({error})"))
     try:
-        return _compare(args, command=" ".join(["fairloss", *argv]))
+        return _compare(args, command=" ".join([PROG, *argv]))
     except MissingDependencyError as error:
-        print(f"fairloss compare: error: {error}", file=sys.stderr)
+        print(f"{PROG} compare: error: {error}", file=sys.stderr)
         return 1
 
 
 def _import_experiment() -> Any:
     """Import the experiment's modules, which need the ``demo`` extra's packages."""
     try:
-        from fairloss.experiment import datasets, plotting, reporting, runner, training
+        from experiments import datasets, plotting, reporting, runner, training
     except ModuleNotFoundError as error:
         package = (error.name or "").split(".")[0]
         if package not in DEMO_PACKAGES:
             raise
         raise MissingDependencyError(
-            f"fairloss compare needs {package}, which is not installed. "
+            f"{PROG} compare needs {package}, which is not installed. "
             f"Install it with: {DEMO_EXTRA_HINT}"
         ) from error
     return datasets, plotting, reporting, runner, training
@@ -357,7 +362,7 @@ def _compare(args: argparse.Namespace, command: str) -> int:
     epochs = f"{args.epochs} epoch" + ("s" if args.epochs != 1 else "")
     model = "MLP " + "-".join(map(str, HIDDEN_SIZES))
     title = (
-        f"fairloss compare on {dataset.name}: train/validation/test {sizes['train']}/"
+        f"{PROG} compare on {dataset.name}: train/validation/test {sizes['train']}/"
         f"{sizes['validation']}/{sizes['test']}, {dataset.num_classes} classes; {model}, "
         f"Adam lr {args.lr:g}, batch {args.batch_size}, {epochs}.\n"
         f"Test scores after the last epoch, mean ± std over seeds {' '.join(map(str, seeds))}; "
@@ -403,13 +408,13 @@ def _compare(args: argparse.Namespace, command: str) -> int:
 
 def _study(args: argparse.Namespace, parser: argparse.ArgumentParser, command: str) -> int:
     try:
-        from fairloss.experiment import evidence, study
+        from experiments import evidence, study
     except ModuleNotFoundError as error:
         package = (error.name or "").split(".")[0]
         if package not in DEMO_PACKAGES:
             raise
         raise MissingDependencyError(
-            f"fairloss study needs {package}, which is not installed. "
+            f"{PROG} study needs {package}, which is not installed. "
             f"Install it with: {DEMO_EXTRA_HINT}"
         ) from error
     if args.losses is not None:

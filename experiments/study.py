@@ -1,10 +1,11 @@
-"""``fairloss study``: the grid of runs behind docs/evidence.md, resumable and in parallel.
+"""``python -m experiments study``: the grid of runs behind docs/evidence.md, resumable, parallel.
 
-A study trains one model per (dataset, noise setting, loss, seed), as ``fairloss compare`` does,
-and appends each run's scores as one JSON line to ``runs.jsonl`` in its output folder the moment
-the run ends. A run already in that file is skipped, so an interrupted study continues where it
-stopped; ``--fresh`` (or another output folder) starts over. The training settings are stored
-beside it in ``study.json``, and a study refuses to resume with other settings.
+A study trains one model per (dataset, noise setting, loss, seed), as ``python -m experiments
+compare`` does, and appends each run's scores as one JSON line to ``runs.jsonl`` in its output
+folder the moment the run ends. A run already in that file is skipped, so an interrupted study
+continues where it stopped; ``--fresh`` (or another output folder) starts over. The training
+settings are stored beside it in ``study.json``, and a study refuses to resume with other
+settings.
 
 Runs go to worker processes (``spawn``), each on one torch thread. The grid's definitions need
 only torch; running it needs the ``demo`` extra.
@@ -24,12 +25,12 @@ from typing import Any
 
 import torch
 
-from fairloss._validation import expected
-from fairloss.experiment.datasets import Dataset, load_dataset
-from fairloss.experiment.losses import parse_loss_spec
-from fairloss.experiment.noise import NOISE_TYPES
-from fairloss.experiment.splits import Splits, split_dataset
-from fairloss.experiment.training import TrainingConfig
+from experiments.checks import expected
+from experiments.datasets import Dataset, load_dataset
+from experiments.losses import parse_loss_spec
+from experiments.noise import NOISE_TYPES
+from experiments.splits import Splits, split_dataset
+from experiments.training import TrainingConfig
 
 __all__ = [
     "BASELINES",
@@ -143,8 +144,8 @@ FULL_FAIRLOSS_GRID = fairloss_grid()
 """The FairLoss settings of ``make study``: the 4 x 4 grid of ``scaling_factor`` and
 ``smooth_max_beta`` at both penalty scales, ``1/C`` and ``logC`` (32 settings)."""
 CORE_FAIRLOSS_GRID = [spec for spec in FULL_FAIRLOSS_GRID if is_core_loss(spec)]
-"""The part of it a study runs first, and all of ``fairloss study --core-grid``: the 4 x 4 grid
-at ``penalty_scale=1/C`` and its diagonal at ``logC`` (20 settings)."""
+"""The part of it a study runs first, and all of ``python -m experiments study --core-grid``: the
+4 x 4 grid at ``penalty_scale=1/C`` and its diagonal at ``logC`` (20 settings)."""
 
 
 def epochs_for(train_size: int, batch_size: int, steps: int) -> int:
@@ -170,7 +171,7 @@ class StudyConfig:
         seeds (tuple[int, ...]): one run per seed.
         steps (int): about how many Adam steps each run takes, whatever the dataset's size: a
             run trains for ``ceil(steps / batches_per_epoch)`` epochs (:func:`epochs_for`).
-        batch_size (int), learning_rate (float): training, as ``fairloss compare``.
+        batch_size (int), learning_rate (float): training, as ``python -m experiments compare``.
     """
 
     datasets: tuple[str, ...] = STUDY_DATASETS
@@ -255,7 +256,7 @@ def run_cell(cell: StudyCell, training: dict[str, Any]) -> dict[str, Any]:
     pick (``selected_epochs``), every test score at those epochs (``selected_test``) and the
     run's wall time in seconds.
     """
-    from fairloss.experiment.runner import RunSpec, run_experiment  # needs the demo extra
+    from experiments.runner import RunSpec, run_experiment  # needs the demo extra
 
     dataset = _dataset(cell.dataset)
     splits = _splits(cell.dataset, cell.seed)

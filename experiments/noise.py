@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fairloss._validation import expected
+from experiments.checks import expected
 
 __all__ = [
     "NOISE_TYPES",

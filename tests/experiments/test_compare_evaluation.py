@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from fairloss.experiment.evaluation import METRIC_NAMES, predict_probabilities, score_predictions
+from experiments.evaluation import METRIC_NAMES, predict_probabilities, score_predictions
 
 
 def _reference_scores(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:

@@ -1,4 +1,4 @@
-"""Argument errors of ``fairloss compare``: a clear message and argparse's exit status 2."""
+"""Argument errors of ``python -m experiments compare``: clear messages, exit status 2."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from fairloss.cli import build_parser, main
+from experiments.cli import build_parser, main
 
 
 def _usage_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
@@ -136,15 +136,16 @@ def test_help_lists_every_loss_name_and_key(
 def test_a_missing_demo_package_names_the_extra(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import fairloss.experiment as experiment_package
-    import fairloss.experiment.runner  # noqa: F401 (so that there is a module to remove)
+    import experiments
+    import experiments.runner
 
     # Pretend tqdm is not installed, and make the runner module import afresh.
     monkeypatch.setitem(sys.modules, "tqdm.auto", None)
-    monkeypatch.delitem(sys.modules, "fairloss.experiment.runner")
-    monkeypatch.delattr(experiment_package, "runner")
+    monkeypatch.delitem(sys.modules, "experiments.runner")
+    monkeypatch.delattr(experiments, "runner")
 
     assert main(["compare", "--quiet"]) == 1
     error = capsys.readouterr().err
-    assert "fairloss compare: error: fairloss compare needs tqdm, which is not installed." in error
+    prog = "python -m experiments compare"
+    assert f"{prog}: error: {prog} needs tqdm, which is not installed." in error
     assert 'pip install "pytorch-fairloss[demo]"' in error

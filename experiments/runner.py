@@ -1,4 +1,4 @@
-"""One run per (loss, noise, seed), and the grid of them behind ``fairloss compare``."""
+"""One run per (loss, noise, seed), and the grid of them behind ``make demo``'s compare."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from fairloss.experiment.datasets import Dataset, LabeledData
-from fairloss.experiment.evaluation import predict_probabilities, score_predictions
-from fairloss.experiment.losses import make_loss
-from fairloss.experiment.model import make_mlp
-from fairloss.experiment.noise import add_label_noise
-from fairloss.experiment.splits import Splits, split_dataset
-from fairloss.experiment.training import TrainingConfig, train_model
+from experiments.datasets import Dataset, LabeledData
+from experiments.evaluation import predict_probabilities, score_predictions
+from experiments.losses import make_loss
+from experiments.model import make_mlp
+from experiments.noise import add_label_noise
+from experiments.splits import Splits, split_dataset
+from experiments.training import TrainingConfig, train_model
 
 __all__ = ["RunResult", "RunSpec", "run_experiment", "run_grid"]
 
@@ -32,8 +32,8 @@ def _generator(seed: int, stream: int) -> torch.Generator:
 @dataclass(frozen=True)
 class RunSpec:
     """One cell of the grid: which loss (a spec's text, see
-    :func:`~fairloss.experiment.losses.parse_loss_spec`), how much training-label noise of which
-    type (:data:`~fairloss.experiment.noise.NOISE_TYPES`), which seed."""
+    :func:`~experiments.losses.parse_loss_spec`), how much training-label noise of which
+    type (:data:`~experiments.noise.NOISE_TYPES`), which seed."""
 
     loss: str
     noise: float
@@ -161,20 +161,20 @@ def run_grid(
 ) -> list[RunResult]:
     """Run every (loss, noise rate, seed) combination.
 
-    Each seed gets its own splits (:func:`~fairloss.experiment.splits.split_dataset`), shared by
+    Each seed gets its own splits (:func:`~experiments.splits.split_dataset`), shared by
     all losses and noise rates, so the losses are compared on the same data, noise and initial
     weights.
 
     Args:
         dataset (Dataset): the data.
-        losses (Sequence[str]): loss names (keys of :data:`~fairloss.experiment.losses.LOSSES`).
+        losses (Sequence[str]): loss names (keys of :data:`~experiments.losses.LOSSES`).
         noise_rates (Sequence[float]): training-label noise rates in :math:`[0, 1]`.
         seeds (Sequence[int]): seeds, each at least 0.
         config (TrainingConfig): epochs, batch size, learning rate, device.
         progress (bool, optional): show a tqdm progress bar over the runs (on stderr).
             Default: ``True``.
         noise_type (str, optional): the noise model of every rate, one of
-            :data:`~fairloss.experiment.noise.NOISE_TYPES`. Default: ``"symmetric"``.
+            :data:`~experiments.noise.NOISE_TYPES`. Default: ``"symmetric"``.
 
     Returns:
         list[RunResult]: one per run, seed by seed, then noise rate, then loss.

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from fairloss._validation import expected
-from fairloss.experiment.datasets import DEMO_EXTRA_HINT, Dataset, LabeledData, import_optional
+from experiments.checks import expected
+from experiments.datasets import DEMO_EXTRA_HINT, Dataset, LabeledData, import_optional
 
 __all__ = ["Splits", "split_dataset", "standardize"]
 
@@ -53,7 +53,7 @@ def split_dataset(
         ValueError: fractions outside :math:`(0, 1)`, or summing to 1 or more.
 
     Example:
-        >>> from fairloss.experiment.datasets import load_dataset
+        >>> from experiments.datasets import load_dataset
         >>> splits = split_dataset(load_dataset("digits"), seed=0)
         >>> len(splits.train), len(splits.validation), len(splits.test)
         (1077, 360, 360)

@@ -1,4 +1,4 @@
-r"""The losses that ``fairloss compare`` and ``fairloss study`` train with, chosen by a spec.
+r"""The losses that ``python -m experiments compare`` and ``study`` train with, chosen by a spec.
 
 A loss spec is ``NAME`` or ``NAME:KEY=VALUE,KEY=VALUE``, for example ``ce``,
 ``focal:gamma=2`` or ``fairloss:scaling_factor=10,smooth_max_beta=10``. :func:`parse_loss_spec`
@@ -24,12 +24,7 @@ from typing import Callable, Union
 import torch.nn.functional as F
 from torch import Tensor
 
-from fairloss._validation import (
-    check_label_smoothing,
-    check_non_negative_finite,
-    check_positive_finite,
-    expected,
-)
+from experiments.checks import expected
 from fairloss.functional import fair_loss
 
 __all__ = [
@@ -147,15 +142,24 @@ def _number(key: str, text: str) -> float:
 
 
 def _non_negative(key: str, text: str) -> ParameterValue:
-    return check_non_negative_finite(key, _number(key, text))
+    value = _number(key, text)
+    if not 0 <= value < math.inf:
+        raise ValueError(expected(key, "a finite number larger than or equal to 0", repr(value)))
+    return value
 
 
 def _positive(key: str, text: str) -> ParameterValue:
-    return check_positive_finite(key, _number(key, text))
+    value = _number(key, text)
+    if not 0 < value < math.inf:
+        raise ValueError(expected(key, "a finite number larger than 0", repr(value)))
+    return value
 
 
 def _label_smoothing(key: str, text: str) -> ParameterValue:
-    return check_label_smoothing(_number(key, text))
+    value = _number(key, text)
+    if not 0 <= value <= 1:
+        raise ValueError(expected(key, "a number in [0, 1]", repr(value)))
+    return value
 
 
 def _poly_epsilon(key: str, text: str) -> ParameterValue:

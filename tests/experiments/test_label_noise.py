@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fairloss.experiment.noise import (
+from experiments.noise import (
     NOISE_TYPES,
     add_label_noise,
     noisy_label_count,

@@ -7,12 +7,12 @@ from typing import Any
 import pytest
 import torch
 
-from fairloss.experiment import runner
-from fairloss.experiment.datasets import Dataset
-from fairloss.experiment.noise import add_label_noise
-from fairloss.experiment.runner import RunResult, RunSpec, run_experiment, run_grid
-from fairloss.experiment.splits import split_dataset
-from fairloss.experiment.training import SELECTION_METRICS, TrainingConfig
+from experiments import runner
+from experiments.datasets import Dataset
+from experiments.noise import add_label_noise
+from experiments.runner import RunResult, RunSpec, run_experiment, run_grid
+from experiments.splits import split_dataset
+from experiments.training import SELECTION_METRICS, TrainingConfig
 
 TINY = TrainingConfig(epochs=2, batch_size=256)
 

@@ -21,9 +21,9 @@ import torch
 
 # Imported before any fake exists: torchmetrics (which the experiment uses) probes for
 # torchvision once, when it is first imported, and would take the fake for the real package.
-import fairloss.experiment.evaluation  # noqa: F401
-from fairloss.cli import main
-from fairloss.experiment.datasets import MissingDependencyError, load_dataset
+import experiments.evaluation  # noqa: F401
+from experiments.cli import main
+from experiments.datasets import MissingDependencyError, load_dataset
 
 NUM_CLASSES = 10
 CLASS_NAMES = [f"class {index}" for index in range(NUM_CLASSES)]
@@ -163,7 +163,7 @@ def test_missing_torchvision_names_what_to_install(
 
 
 def test_numpy_targets_are_accepted() -> None:
-    from fairloss.experiment.datasets import _images_to_labeled_data
+    from experiments.datasets import _images_to_labeled_data
 
     fake = types.SimpleNamespace(
         data=np.zeros((3, 2, 2, 3), dtype=np.uint8), targets=np.array([2, 0, 1])

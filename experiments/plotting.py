@@ -1,6 +1,6 @@
-"""Plots of ``fairloss compare``'s runs: reliability diagrams and training curves (PNG).
+"""Plots of ``python -m experiments compare``'s runs: reliability diagrams and training curves.
 
-The figures are drawn with matplotlib's object API and its Agg renderer: no pyplot, no global
+The PNG figures are drawn with matplotlib's object API and its Agg renderer: no pyplot, no global
 backend switch, no display needed.
 """
 
@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 from matplotlib.figure import Figure
 
-from fairloss.experiment.evaluation import ECE_BINS
-from fairloss.experiment.runner import RunResult
+from experiments.evaluation import ECE_BINS
+from experiments.runner import RunResult
 
 __all__ = ["plot_reliability", "plot_training_curves", "reliability_bins"]
 

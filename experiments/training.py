@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from fairloss._validation import expected
-from fairloss.experiment.datasets import LabeledData
-from fairloss.experiment.evaluation import predict_probabilities, score_predictions
-from fairloss.experiment.losses import LossFunction
+from experiments.checks import expected
+from experiments.datasets import LabeledData
+from experiments.evaluation import predict_probabilities, score_predictions
+from experiments.losses import LossFunction
 
 __all__ = ["SELECTION_METRICS", "TrainingConfig", "TrainingOutcome", "train_model"]
 
@@ -58,7 +58,7 @@ class TrainingOutcome:
         history (list[dict[str, float]]): one entry per epoch: ``epoch`` (from 1),
             ``train_loss`` (the mean training loss over the epoch's batches, on the possibly
             noisy labels) and ``validation_<metric>`` for each metric of
-            :func:`~fairloss.experiment.evaluation.score_predictions`.
+            :func:`~experiments.evaluation.score_predictions`.
         selected_epochs (dict[str, int]): per name in :data:`SELECTION_METRICS`, the epoch with
             the lowest validation score (a NaN score counts as
             infinite).

@@ -1,4 +1,4 @@
-"""``fairloss study`` on a tiny grid: resumable runs, the evidence page, its kept reading."""
+"""``python -m experiments study`` on a tiny grid: resumable runs, the evidence page and reading."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from matplotlib.image import imread
 
-from fairloss.cli import main
-from fairloss.experiment.evidence import READING_END, READING_START, loss_label
-from fairloss.experiment.study import (
+from experiments.cli import main
+from experiments.evidence import READING_END, READING_START, loss_label
+from experiments.study import (
     CORE_FAIRLOSS_GRID,
     FULL_FAIRLOSS_GRID,
     NoiseSetting,

@@ -1,4 +1,4 @@
-"""Fixtures for the tests of ``fairloss compare`` and its experiment modules."""
+"""Fixtures for the tests of ``python -m experiments compare`` and its experiment modules."""
 
 from __future__ import annotations
 
@@ -7,13 +7,14 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from fairloss.experiment.datasets import Dataset, load_dataset
+from experiments.datasets import Dataset, load_dataset
 
 
 @pytest.fixture(autouse=True)
 def one_torch_thread() -> Iterator[None]:
-    """Train on one thread, as ``fairloss compare`` does by default: the tiny models here run
-    several times slower with more threads on a busy machine. The setting is restored after."""
+    """Train on one thread, as ``python -m experiments compare`` does by default: the tiny models
+    here run several times slower with more threads on a busy machine. The setting is restored
+    after."""
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -1,4 +1,4 @@
-"""The results of ``fairloss compare``: the summary table, and every run as CSV and JSON."""
+"""The results of ``python -m experiments compare``: the summary table, each run as CSV and JSON."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fairloss.experiment.evaluation import METRIC_NAMES
-from fairloss.experiment.paired import PairedDifference, paired_difference
-from fairloss.experiment.runner import RunResult
-from fairloss.experiment.training import SELECTION_METRICS
+from experiments.evaluation import METRIC_NAMES
+from experiments.paired import PairedDifference, paired_difference
+from experiments.runner import RunResult
+from experiments.training import SELECTION_METRICS
 
 __all__ = [
     "PairedComparison",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fairloss.experiment.datasets import Dataset, LabeledData, load_dataset
-from fairloss.experiment.splits import Splits, split_dataset, standardize
+from experiments.datasets import Dataset, LabeledData, load_dataset
+from experiments.splits import Splits, split_dataset, standardize
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""The small model that ``fairloss compare`` trains."""
+"""The small model that ``python -m experiments compare`` trains."""
 
 from __future__ import annotations
 

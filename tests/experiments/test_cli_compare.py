@@ -1,4 +1,4 @@
-"""``fairloss compare`` end to end on a tiny configuration: the table, CSV, JSON and plots."""
+"""``python -m experiments compare`` end to end on a tiny configuration: table, CSV, JSON, plots."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ import json
 import re
 import subprocess
 import sys
-from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
 from matplotlib.image import imread
 
-from fairloss.cli import main
+from experiments.cli import main
+
+REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
 
 TINY_ARGS = [
     "--dataset",
@@ -113,7 +114,8 @@ def test_table_csv_and_json_agree(tiny_run: tuple[Path, str, str]) -> None:
     assert document["config"]["losses"] == ["ce", "fairloss-pll"]
     assert document["config"]["noise"] == [0.0, 0.3] and document["config"]["seeds"] == [0]
     assert document["config"]["epochs"] == 1
-    assert document["config"]["command"].startswith("fairloss compare --dataset digits --losses")
+    command = document["config"]["command"]
+    assert command.startswith("python -m experiments compare --dataset digits --losses")
     for record, run, row in zip(records, document["runs"], _table_rows(stdout)):
         assert (record["loss"], float(record["noise"]), int(record["seed"])) == (
             run["loss"],
@@ -191,13 +193,10 @@ def test_progress_bar_on_stderr_unless_quiet(
     assert "ce    0" in captured.out
 
 
-def test_console_script_and_module_entry_points() -> None:
-    scripts = entry_points(group="console_scripts")
-    assert [script.value for script in scripts if script.name == "fairloss"] == [
-        "fairloss.cli:main"
-    ]
+def test_module_entry_point_from_the_repository_root() -> None:
     completed = subprocess.run(
-        [sys.executable, "-m", "fairloss", "compare", "--help"],
+        [sys.executable, "-m", "experiments", "compare", "--help"],
+        cwd=REPOSITORY_ROOT,
         capture_output=True,
         text=True,
         timeout=120,
@@ -206,6 +205,38 @@ def test_console_script_and_module_entry_points() -> None:
     help_text = " ".join(completed.stdout.split())  # argparse wraps to the terminal's width
     assert "--noise RATE [RATE ...]" in help_text and "round(rate * n_train)" in help_text
     assert "--noise-type {symmetric,pair}" in help_text
+
+
+def test_help_imports_none_of_the_heavy_demo_packages() -> None:
+    """``--help`` starts fast: torchmetrics, scikit-learn, scipy and matplotlib wait for a run.
+
+    (tqdm is left out of the check: torch itself imports it, for ``torch.hub``.)
+    """
+    heavy = ("torchmetrics", "sklearn", "scipy", "matplotlib")
+    code = (
+        "import sys\n"
+        "from experiments.cli import main\n"
+        "try:\n"
+        "    main(['compare', '--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        f"print(sorted(name for name in {heavy!r} if name in sys.modules))\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPOSITORY_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.splitlines()[-1] == "[]"
+
+
+def test_the_installed_package_has_no_command() -> None:
+    """The harness is repository tooling: a base install puts no command on the path."""
+    pyproject = (REPOSITORY_ROOT / "pyproject.toml").read_text()
+    assert "[project.scripts]" not in pyproject
 
 
 ACCEPTANCE = [

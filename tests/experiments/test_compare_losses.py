@@ -10,8 +10,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fairloss import fair_loss
-from fairloss.experiment.losses import (
+from experiments.losses import (
     LOSSES,
     LossSpec,
     focal_loss,
@@ -19,6 +18,7 @@ from fairloss.experiment.losses import (
     parse_loss_spec,
     poly1_loss,
 )
+from fairloss import fair_loss
 
 
 def _reference_rows(logits: torch.Tensor, target: torch.Tensor) -> list[float]:

@@ -4,15 +4,8 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torchmetrics.functional.classification import multiclass_calibration_error
 
-from fairloss.metrics import (
-    brier_score,
-    log_loss,
-    penalized_brier_score,
-    penalized_log_loss,
-    probabilities_from_logits,
-)
+from fairloss.metrics import probabilities_from_logits
 
 __all__ = ["ECE_BINS", "METRIC_NAMES", "predict_probabilities", "score_predictions"]
 
@@ -55,10 +48,13 @@ def predict_probabilities(model: nn.Module, features: Tensor, batch_size: int = 
 def score_predictions(probs: Tensor, labels: Tensor) -> dict[str, float]:
     r"""Score probability predictions against the true labels.
 
+    The scores of :class:`fairloss.metrics.ClassificationScores` (with float64 sums), in table
+    order:
+
     - ``accuracy``: share of rows whose most probable class is the label.
     - ``nll``: mean log loss :math:`-\log q_y` (:func:`fairloss.metrics.log_loss`).
     - ``ece``: expected calibration error over 15 equal-width bins of the top-class confidence,
-      L1 norm (torchmetrics' ``multiclass_calibration_error``).
+      L1 norm (torchmetrics' ``MulticlassCalibrationError``).
     - ``brier``: mean multi-class Brier score (:func:`fairloss.metrics.brier_score`).
     - ``pbs``, ``pll``: the penalized Brier score and penalized log loss
       (:func:`fairloss.metrics.penalized_brier_score`, :func:`fairloss.metrics.penalized_log_loss`).
@@ -78,14 +74,12 @@ def score_predictions(probs: Tensor, labels: Tensor) -> dict[str, float]:
         >>> {name: round(value, 4) for name, value in scores.items()}
         {'accuracy': 0.6667, 'nll': 0.6067, 'ece': 0.4, 'brier': 0.44, 'pbs': 0.6067, 'pll': 0.8378}
     """
-    ece = multiclass_calibration_error(
-        probs, labels, num_classes=probs.shape[1], n_bins=ECE_BINS, norm="l1"
-    )
-    return {
-        "accuracy": float((probs.argmax(dim=1) == labels).double().mean()),
-        "nll": float(log_loss(probs, labels)),
-        "ece": float(ece),
-        "brier": float(brier_score(probs, labels)),
-        "pbs": float(penalized_brier_score(probs, labels)),
-        "pll": float(penalized_log_loss(probs, labels)),
-    }
+    # Imported here, not with the module: it imports torchmetrics, and `python -m experiments
+    # compare --help` imports this module and should not wait for that.
+    from fairloss.metrics import ClassificationScores
+
+    metric = ClassificationScores(num_classes=probs.shape[1], n_bins=ECE_BINS)
+    metric.set_dtype(torch.float64)
+    metric.update(probs, labels)
+    scores = metric.compute()
+    return {name: float(scores[name]) for name in METRIC_NAMES}

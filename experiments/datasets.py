@@ -1,4 +1,4 @@
-"""Datasets for ``fairloss compare``, loaded as feature and label tensors.
+"""Datasets for ``python -m experiments compare``, loaded as feature and label tensors.
 
 scikit-learn's bundled sets (``digits``, ``wine``, ``breast-cancer``) ship inside scikit-learn and
 need no download. ``mnist``, ``fashion-mnist`` and ``cifar10`` come through torchvision, which
@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional, Union
 import torch
 from torch import Tensor
 
-from fairloss._validation import expected
+from experiments.checks import expected
 
 __all__ = [
     "DATASET_NAMES",
