@@ -5,8 +5,8 @@ Usage::
     python -m benchmarks.gpu_check                # needs CUDA; writes docs/benchmarks-gpu.md
 
 Without a CUDA device it prints why and exits with status 2. With one it runs
-``tests/test_devices.py`` (its result is recorded; a failure makes the exit status 1 at the end,
-after the benchmarks), then times forward+backward and measures the peak memory of
+``tests/_impl/test_devices.py`` (its result is recorded; a failure makes the exit status 1 at the
+end, after the benchmarks), then times forward+backward and measures the peak memory of
 
 * ``fairloss.fair_loss`` against ``F.cross_entropy``, eager and ``torch.compile``d, float32 and
   bfloat16, at (4096, 1000), (8192, 32000) and (16, 21, 512, 512);
@@ -48,7 +48,7 @@ __all__ = ["Measurement", "main", "measure", "peak_memory_bytes"]
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = REPOSITORY_ROOT / "docs" / "benchmarks-gpu.md"
-DEVICE_TESTS = "tests/test_devices.py"
+DEVICE_TESTS = "tests/_impl/test_devices.py"
 DEVICE_TESTS_TIMEOUT_S = 180.0
 NO_CUDA_STATUS = 2
 TESTS_FAILED_STATUS = 1
@@ -82,7 +82,7 @@ class Measurement:
 
 
 class DeviceTests(NamedTuple):
-    """Whether ``tests/test_devices.py`` passed, and its last summary line."""
+    """Whether ``tests/_impl/test_devices.py`` passed, and its last summary line."""
 
     passed: bool
     summary: str
@@ -401,7 +401,7 @@ def render(
 
 
 def run_device_tests() -> DeviceTests:
-    """Run ``tests/test_devices.py`` in a subprocess; its output goes to stdout as is."""
+    """Run ``tests/_impl/test_devices.py`` in a subprocess; its output goes to stdout as is."""
     command = [sys.executable, "-m", "pytest", "-q", DEVICE_TESTS, "-p", "no:cacheprovider"]
     _progress(" ".join(command[1:]))
     try:

@@ -10,8 +10,8 @@ It writes ``benchmarks.md``, ``benchmarks.csv`` and ``benchmark_ratio.png`` to `
 (``docs/`` by default), then runs ``benchmarks.linear`` when that module exists, and
 ``benchmarks.transformers_step`` (not with ``--quick``; ``--no-transformers`` skips it).
 
-``tests/test_benchmarks_smoke.py`` runs this module in a subprocess with ``--quick`` and reads
-what it writes. Two options serve it: ``--linear-args`` hands more options to
+``tests/repository/test_benchmarks_smoke.py`` runs this module in a subprocess with ``--quick``
+and reads what it writes. Two options serve it: ``--linear-args`` hands more options to
 ``benchmarks.linear`` (there: one method, memory only, so one short process), and ``--fail LOSS``
 makes a loss, or ``linear`` (the linear benchmark), raise in place of running, to show that a
 failure is recorded in the outputs instead of ending the run.

@@ -6,7 +6,7 @@ It shares no code with the library: plain tensor algebra in float64, autograd fo
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
@@ -76,6 +76,34 @@ def fair_loss_reference(
     if probability_target:
         return loss.sum() / loss.shape[0]
     return loss.sum() / torch.where(valid, class_weight[reference], 0.0).sum()
+
+
+def linear_fair_loss_reference(
+    input: Tensor,
+    linear_weight: Tensor,
+    target: Tensor,
+    *,
+    linear_bias: Optional[Tensor] = None,
+    weight: Optional[Tensor] = None,
+    softcap: Optional[float] = None,
+    reduction: str = "mean",
+    **options: Any,
+) -> Tensor:
+    """The linear head ``(*, H) -> (*, V)`` in float64, capped at ``softcap * tanh(z / softcap)``
+    (Gemma 2) when given, then :func:`fair_loss_reference` of its rows; ``"none"``: shape ``(*)``.
+    """
+    bias = None if linear_bias is None else linear_bias.double()
+    logits = torch.nn.functional.linear(input.double(), linear_weight.double(), bias)
+    if softcap is not None:
+        logits = softcap * torch.tanh(logits / softcap)
+    loss = fair_loss_reference(
+        logits.reshape(-1, logits.shape[-1]),
+        target.reshape(-1),
+        None if weight is None else weight.double(),
+        reduction=reduction,
+        **options,
+    )
+    return loss.reshape(target.shape) if reduction == "none" else loss
 
 
 def seed_penalty(gap: float, num_classes: int, scaling_factor: float = 1000.0) -> float:

@@ -1,21 +1,33 @@
-"""fair_loss against the float64 oracle, against F.cross_entropy, and on awkward shapes."""
+"""fair_loss: against the float64 oracle and F.cross_entropy, on awkward shapes, its options
+(z-loss included), ignored elements, and its gradients (gradcheck and gradgradcheck in float64).
+
+Precision and extreme values are in ``test_functional_numerics.py``; errors in
+``test_validation.py``; the formula's published numbers in ``test_penalty.py``.
+"""
 
 from __future__ import annotations
 
 import functools
 import math
+from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
+from torch import Tensor
+from torch.autograd import gradcheck, gradgradcheck
 from torch.testing import assert_close
 
 from fairloss import fair_loss
 from tests.devices import DEVICES, IMPLEMENTATIONS
-from tests.reference import fair_loss_reference, seed_penalty
+from tests.reference import fair_loss_reference
 from tests.strategies import LossCase, loss_cases
+
+REDUCTIONS = ("mean", "sum", "none")
+# Small beta and s keep the penalty smooth on the scale of gradcheck's finite differences.
+SMOOTH: dict[str, Any] = {"smooth_max_beta": 2.0, "scaling_factor": 3.0}
 
 
 def _value_and_grad(
@@ -82,6 +94,7 @@ def test_value_matches_reference_in_float32_at_any_steepness(case: LossCase) -> 
 def test_penalty_off_equals_cross_entropy(case: LossCase, switch: str) -> None:
     """``scaling_factor=0`` or ``penalty_scale=0`` is F.cross_entropy, value and gradient."""
     case.options[switch] = 0.0
+    case.options["z_loss_scale"] = 0.0
 
     def cross_entropy(
         input, target, weight, *, reduction, ignore_index=-100, label_smoothing=0.0, **_
@@ -103,20 +116,7 @@ def test_penalty_off_equals_cross_entropy(case: LossCase, switch: str) -> None:
         assert_close(grad, expected_grad, rtol=tolerance, atol=tolerance, equal_nan=True)
 
 
-def test_seed_worked_example() -> None:
-    logits = torch.tensor([[0.34, 0.33, 0.33], [0.49, 0.51, 0.00]])
-    target = torch.tensor([0, 0])
-    loss = fair_loss(logits, target, reduction="none")
-    ce = F.cross_entropy(logits, target, reduction="none")
-    assert_close(loss, torch.tensor([1.0920, 1.3014]), rtol=0, atol=5e-5)
-    # sample 2 is wrong (class 1 wins) and must now lose to the correct sample 1
-    assert ce[1] < ce[0] and loss[1] > loss[0]
-    # penalty of the wrong sample: the 0.1.1 formula (2 sigmoid(-s gap) - 1) / C
-    gap = 0.49 - torch.logsumexp(1000 * logits[1].double(), 0).item() / 1000
-    assert_close((loss - ce)[1].item(), seed_penalty(gap, 3), rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_kdim_equals_flattened_rows(reduction: str) -> None:
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(2, 5, 3, 4, generator=generator)
@@ -191,3 +191,160 @@ def test_class_weight_scales_the_penalty() -> None:
     weighted = fair_loss(logits, target, weight, reduction="sum")
     ce = F.cross_entropy(logits, target, weight, reduction="sum")
     assert_close(weighted - ce, torch.tensor(3.0 / 3), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_ignored_row_of_minus_infinity_logits_costs_nothing(impl: str, dtype: torch.dtype) -> None:
+    """An ignored element whose logits are all ``-inf`` (a fully masked position) adds 0, as in
+    F.cross_entropy, for every implementation (``"dense"`` used to give NaN). Its gradient: 0
+    with ``"dense"``; ``"sparse"`` and ``"composite"`` follow F.cross_entropy's own gradient,
+    NaN there (log_softmax of a row of ``-inf``), which is not asserted."""
+    inf = math.inf
+    logits = torch.tensor(
+        [[1.0, 0.0, 2.0], [-inf, -inf, -inf], [0.5, 0.2, -1.0], [0.3, 0.31, 0.0]], dtype=dtype
+    )
+    target = torch.tensor([0, -100, 2, 0])
+    weight = torch.tensor([1.0, 2.0, 0.5], dtype=dtype)
+    tolerance: dict[str, Any] = {"rtol": 1e-6, "atol": 1e-6} if dtype == torch.float32 else {}
+    option_sets: list[dict[str, Any]] = [{}, {"z_loss_scale": 0.1, "label_smoothing": 0.1}]
+    for reduction in ("none", "mean"):
+        for options in option_sets:
+            loss = fair_loss(logits, target, weight, reduction=reduction, impl=impl, **options)
+            expected = fair_loss_reference(logits, target, weight, reduction=reduction, **options)
+            assert loss.isfinite().all(), (reduction, options, loss)
+            assert_close(loss, expected.to(dtype), **tolerance)
+        cross_entropy = F.cross_entropy(logits, target, weight, reduction=reduction)
+        penalty_off = fair_loss(
+            logits, target, weight, reduction=reduction, impl=impl, scaling_factor=0.0
+        )
+        assert_close(penalty_off, cross_entropy, **tolerance)
+    if impl == "dense":
+        leaf = logits.clone().requires_grad_()
+        loss = fair_loss(leaf, target, weight, impl=impl, z_loss_scale=0.1, label_smoothing=0.1)
+        (grad,) = torch.autograd.grad(loss, leaf)
+        assert grad.isfinite().all(), grad
+        assert torch.equal(grad[1], torch.zeros_like(grad[1]))
+        expected_leaf = logits.double()[[0, 2, 3]].requires_grad_()
+        expected = fair_loss_reference(
+            expected_leaf, target[[0, 2, 3]], weight.double(), z_loss_scale=0.1,
+            label_smoothing=0.1,
+        )  # fmt: skip
+        (expected_grad,) = torch.autograd.grad(expected, expected_leaf)
+        assert_close(grad[[0, 2, 3]], expected_grad.to(dtype), **tolerance)
+
+
+# --- z-loss ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_z_loss_with_ignored_elements_matches_the_reference(impl: str, reduction: str) -> None:
+    torch.manual_seed(1)
+    logits = torch.randn(6, 5, 3, dtype=torch.float64) * 3
+    target = torch.randint(0, 5, (6, 3))
+    target[2, 1] = -100
+    weight = torch.rand(5, dtype=torch.float64) + 0.5
+    options: dict[str, Any] = {"z_loss_scale": 0.25, "label_smoothing": 0.1, **SMOOTH}
+    loss = fair_loss(logits, target, weight, reduction=reduction, impl=impl, **options)
+    expected = fair_loss_reference(logits, target, weight, reduction=reduction, **options)
+    assert_close(loss, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_z_loss_with_probability_targets(impl: str) -> None:
+    torch.manual_seed(2)
+    logits = torch.randn(7, 4, dtype=torch.float64)
+    target = torch.softmax(torch.randn(7, 4, dtype=torch.float64), dim=1)
+    loss = fair_loss(logits, target, z_loss_scale=0.5, impl=impl, **SMOOTH)
+    expected = fair_loss_reference(logits, target, z_loss_scale=0.5, **SMOOTH)
+    assert_close(loss, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_z_loss_is_palms_term_on_top_of_the_loss() -> None:
+    """The z-loss adds exactly z * logsumexp(z)**2 per non-ignored element, reduced alike."""
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.0, 3.0, 1.0], [1.0, 1.0, 1.0]], dtype=torch.float64)
+    target = torch.tensor([0, 2, -100])
+    without = fair_loss(logits, target, reduction="none")
+    with_z = fair_loss(logits, target, reduction="none", z_loss_scale=1e-2)
+    log_normalizer = torch.logsumexp(logits, dim=1)
+    assert_close(with_z - without, torch.tensor([1e-2, 1e-2, 0.0]) * log_normalizer**2)
+    mean = fair_loss(logits, target, z_loss_scale=1e-2)
+    assert_close(mean, with_z.sum() / 2)
+    # off: exactly the loss without it
+    assert torch.equal(fair_loss(logits, target), fair_loss(logits, target, z_loss_scale=0.0))
+
+
+# --- gradients ------------------------------------------------------------------------------------
+
+
+def _logits(*shape: int) -> Tensor:
+    generator = torch.Generator().manual_seed(sum(shape))
+    return torch.randn(*shape, generator=generator, dtype=torch.float64).requires_grad_()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"label_smoothing": 0.2},
+        {"weight": torch.tensor([0.5, 2.0, 1.0, 3.0, 0.1], dtype=torch.float64)},
+        {"ignore_index": 1, "reduction": "sum"},
+        {"reduction": "none", "penalty_scale": 1.6},
+    ],
+    ids=["plain", "smoothing", "weight", "ignore-sum", "none"],
+)
+def test_gradcheck_index_targets(options: dict) -> None:
+    logits = _logits(4, 5)
+    target = torch.tensor([0, 1, 4, 2])
+    options = dict(options)
+    weight = options.pop("weight", None)
+
+    def loss(z: Tensor) -> Tensor:
+        return fair_loss(z, target, weight, **SMOOTH, **options)
+
+    assert gradcheck(loss, (logits,))
+    assert gradgradcheck(loss, (logits,))
+
+
+def test_gradcheck_kdim_and_probability_targets() -> None:
+    logits = _logits(2, 3, 2, 2)
+    target = torch.softmax(torch.randn(2, 3, 2, 2, dtype=torch.float64), 1).requires_grad_()
+    weight = torch.tensor([1.0, 0.3, 2.0], dtype=torch.float64)
+
+    def loss(z: Tensor, y: Tensor) -> Tensor:
+        return fair_loss(z, y, weight, label_smoothing=0.1, reduction="none", **SMOOTH)
+
+    assert gradcheck(loss, (logits, target))
+    assert gradgradcheck(loss, (logits, target))
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_gradcheck_z_loss_with_ignored_elements(impl: str) -> None:
+    logits = _logits(5, 4)
+    target = torch.tensor([0, 3, -100, 1, 2])
+
+    def loss(z: Tensor) -> Tensor:
+        return fair_loss(z, target, z_loss_scale=0.3, impl=impl, **SMOOTH)
+
+    assert gradcheck(loss, (logits,))
+
+
+def test_gradient_at_near_ties_with_default_steepness() -> None:
+    # Near a tie the default beta = s = 1000 make the penalty steep; the gradient must still
+    # match finite differences taken at that scale.
+    logits = torch.tensor([[0.500, 0.5004, -1.0], [2.0, 1.9995, 0.0]], dtype=torch.float64)
+    logits.requires_grad_()
+    target = torch.tensor([0, 0])
+    assert gradcheck(lambda z: fair_loss(z, target), (logits,), eps=1e-8, atol=1e-5)
+
+
+def test_upstream_gradient_scales_per_element() -> None:
+    logits = _logits(3, 4)
+    target = torch.tensor([3, 0, 1])
+    upstream = torch.tensor([2.0, -1.0, 0.5], dtype=torch.float64)
+    per_element = fair_loss(logits, target, reduction="none", **SMOOTH)
+    (grad,) = torch.autograd.grad(per_element, logits, upstream, retain_graph=True)
+    for row in range(3):
+        (row_grad,) = torch.autograd.grad(per_element[row], logits, retain_graph=True)
+        assert_close(grad[row], upstream[row] * row_grad[row])

@@ -113,6 +113,21 @@ def test_the_bugs_0_1_1_had_are_fixed(old: ModuleType) -> None:
     assert torch.isfinite(FairLoss()(masked, masked_target))
 
 
+def test_a_0_1_1_state_dict_loads_strictly(old: ModuleType) -> None:
+    """0.1.1 kept the class weights at ``cross_entropy.weight``; they load into ``weight``."""
+    weight = torch.tensor([0.5, 2.0, 1.0, 3.0, 1.5])
+    old_criterion = old.FairLoss(nn.CrossEntropyLoss(weight, reduction="none"))
+    state = old_criterion.state_dict()
+    assert set(state) == {"cross_entropy.weight"}
+    criterion = FairLoss(torch.ones(5))
+    criterion.load_state_dict(state, strict=True)
+    assert criterion.weight is not None and torch.equal(criterion.weight, weight)
+    # (0.1.1's weighted loss is not ours: its penalty ignored the weights, its mean divided by N.)
+    logits = torch.randn(16, 5, generator=torch.Generator().manual_seed(3))
+    target = torch.randint(0, 5, (16,), generator=torch.Generator().manual_seed(4))
+    assert_close(criterion(logits, target), FairLoss(weight)(logits, target))
+
+
 @pytest.fixture(scope="module")
 def old_release_sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """0.1.1 as a wheel and as an unpacked folder, made from whichever copy this machine has."""

@@ -17,6 +17,10 @@ from torch import Tensor
 
 REDUCTIONS = ("mean", "sum", "none")
 
+#: The values of the ``impl`` argument of :func:`fairloss.fair_loss` (see
+#: :func:`fairloss._impl.select`).
+IMPLEMENTATIONS = ("auto", "sparse", "dense", "composite")
+
 #: The math options every entry point takes by keyword (:func:`resolve_options`'s), in order.
 OPTION_NAMES = (
     "ignore_index",

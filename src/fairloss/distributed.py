@@ -127,7 +127,9 @@ def vocab_parallel_linear_fair_loss(
         local_linear_weight (Tensor): this rank's rows of the head, :math:`(V_k, H)`.
         target (Tensor): global class indices :math:`(*)`, the same on every rank.
         local_linear_bias (Tensor, optional): this rank's slice of the bias. Default: ``None``.
-        group, weight, reduction: as :func:`vocab_parallel_fair_loss`.
+        group (ProcessGroup, optional): the ranks holding the slices. Default: the world.
+        weight (Tensor, optional): this rank's slice of the class weights, :math:`(V_k)`.
+        reduction (str, optional): as :func:`fairloss.fair_loss`. Default: ``'mean'``.
         chunk_size (int, optional): rows per chunk, as :func:`fairloss.linear_fair_loss`'s for
             the local slice. Default: ``None``.
         **options: those of :func:`vocab_parallel_fair_loss`, and ``softcap`` (as

@@ -250,16 +250,16 @@ def linear_fair_loss(  # type: ignore[misc]  # the overloads abbreviate the opti
     so memory holds one chunk's logits; rows whose target is ignored cost nothing on the CPU.
     Half-precision inputs are multiplied and reduced in float32; results have the input's dtype.
     No double backward (use :func:`fair_loss` on ``F.linear(...)``); ``torch.compile`` traces it
-    without graph breaks (the chunk loop runs as two custom operators).
+    without graph breaks (the chunk loop runs as two custom operators). ``weight``,
+    ``reduction``, ``ignore_index``, ``label_smoothing``, ``smooth_max_beta``,
+    ``scaling_factor``, ``penalty_scale``, ``z_loss_scale`` and ``impl`` are :func:`fair_loss`'s
+    (``impl='composite'`` computes the full logits).
 
     Args:
         input (Tensor): the head's input, :math:`(*, H)`.
         linear_weight (Tensor): the head's weight, :math:`(V, H)`, ``input``'s dtype.
         target (Tensor): class indices in :math:`[0, V)` or ``ignore_index``, :math:`(*)`.
         linear_bias (Tensor, optional): the head's bias, :math:`(V)`. Default: ``None``.
-        weight, reduction, ignore_index, label_smoothing, smooth_max_beta, scaling_factor,
-            penalty_scale, z_loss_scale, impl: as :func:`fair_loss` (``impl='composite'``
-            computes the full logits).
         softcap (float, optional): :math:`c > 0` caps the logits at :math:`c\tanh(z/c)` (Gemma
             2); ``None``: no cap. Default: ``None``.
         chunk_size (int, optional): rows per chunk; ``None`` picks about :math:`2^{23}` logits

@@ -44,11 +44,12 @@ class FairLoss(nn.Module):
     ``ignore_index`` and ``label_smoothing`` are taken; 0.1.1's ``"cross_entropy.weight"`` state
     dicts load.
 
+    ``smooth_max_beta``, ``scaling_factor``, ``reduction``, ``ignore_index``,
+    ``label_smoothing``, ``penalty_scale`` and ``z_loss_scale`` are :func:`fairloss.fair_loss`'s.
+
     Args:
         cross_entropy (Tensor or nn.CrossEntropyLoss, optional): the class weights :math:`(C)`,
             or (0.1.1) an ``nn.CrossEntropyLoss`` with ``reduction="none"``. Default: ``None``.
-        smooth_max_beta, scaling_factor, reduction, ignore_index, label_smoothing,
-            penalty_scale, z_loss_scale: as :func:`fairloss.fair_loss`.
         weight (Tensor, optional): the class weights by keyword. Default: ``None``.
 
     Shape:
@@ -104,9 +105,14 @@ class FairLoss(nn.Module):
                 )
             )
         validation.check_reduction(reduction)
-        if weight is not None:  # checked against its own length: C is known at the call
-            length = weight.shape[0] if isinstance(weight, Tensor) and weight.dim() == 1 else 0
-            validation.check_weight(weight, length)
+        if isinstance(weight, Tensor) and weight.dim() != 1:  # C itself is known at the call
+            raise ValueError(
+                validation.expected(
+                    "weight", "a 1-D tensor of class weights, (C,)", f"shape {tuple(weight.shape)}"
+                )
+            )
+        if weight is not None:
+            validation.check_weight(weight, len(weight))
         self.reduction = reduction
         self.ignore_index, self.label_smoothing = ignore_index, label_smoothing
         self.smooth_max_beta, self.scaling_factor = smooth_max_beta, scaling_factor
@@ -139,16 +145,13 @@ class LinearFairLoss(nn.Module):
                + \zeta \Big(\log\textstyle\sum_c e^{z_c}\Big)^2
 
     Class-index targets only, and no double backward. The class weights are the buffer
-    ``weight``.
+    ``weight``; ``device`` and ``dtype`` are the head's, as :class:`torch.nn.Linear`'s; the other
+    keyword arguments are :func:`fairloss.linear_fair_loss`'s.
 
     Args:
         in_features (int): size of each input row, :math:`H`.
         num_classes (int): number of classes, :math:`C`.
         bias (bool, optional): whether the head adds a learnable bias. Default: ``False``.
-        device, dtype: the head's, as :class:`torch.nn.Linear`'s. Default: ``None``.
-        weight, reduction, ignore_index, label_smoothing, smooth_max_beta, scaling_factor,
-            penalty_scale, z_loss_scale, softcap, chunk_size, return_accuracy: as
-            :func:`fairloss.linear_fair_loss`.
 
     Shape:
         - Input: :math:`(*, H)`; Target: :math:`(*)`, class indices.

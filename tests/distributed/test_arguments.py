@@ -1,4 +1,8 @@
-"""Bad arguments raise before any communication, naming the argument (no process group needed)."""
+"""Bad arguments raise before any communication, naming the argument (no process group needed).
+
+The keyword options are :func:`fairloss.fair_loss`'s (and ``softcap`` for the linear head): an
+unknown name raises TypeError naming it.
+"""
 
 from __future__ import annotations
 
@@ -59,6 +63,14 @@ def _linear_call(**changes: Any) -> Callable[[], Any]:
         (_linear_call(target=torch.zeros(3, dtype=torch.long)), ValueError, "`target`"),
         (_linear_call(chunk_size=0), ValueError, "`chunk_size`"),
         (_linear_call(scaling_factor=-1.0), ValueError, "`scaling_factor`"),
+        (_linear_call(softcap=0.0), ValueError, "`softcap`"),
+        # keyword options: fair_loss's, by name (and softcap for the linear head); others raise
+        (_logits_call(scaling_facter=1.0), TypeError, r"`options` .* but got 'scaling_facter'"),
+        (_logits_call(softcap=30.0), TypeError, r"vocab_parallel_fair_loss, .* but got 'softcap'"),
+        (_logits_call(impl="dense"), TypeError, r"but got 'impl'"),
+        (_linear_call(impl="dense"), TypeError, r"vocab_parallel_linear_fair_loss, .*'impl'"),
+        (_linear_call(return_accuracy=True), TypeError, r"but got 'return_accuracy'"),
+        (_linear_call(linear_bias=torch.zeros(3)), TypeError, r"but got 'linear_bias'"),
     ],
 )
 def test_bad_arguments_raise_before_communication(

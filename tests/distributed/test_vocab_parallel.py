@@ -1,8 +1,9 @@
 """Vocab-parallel FairLoss on 2 and 3 CPU processes (gloo) equals single-process FairLoss.
 
-One process group per world size runs every case (see :mod:`tests.distributed.workers`); the
-tests below read its reports. World size 2 splits the 7 classes 3/4, world size 3 splits them
-2/2/3 (the DTensor cases split them as ``torch.chunk`` does: 4/3 and 3/3/1).
+One process group per world size runs every case (:mod:`tests.distributed.jobs`, read by
+``tests/metrics`` as well; the cases are in :mod:`tests.distributed.workers`); the tests below
+read its reports. World size 2 splits the 7 classes 3/4, world size 3 splits them 2/2/3 (the
+DTensor cases split them as ``torch.chunk`` does: 4/3 and 3/3/1).
 """
 
 from __future__ import annotations
@@ -12,47 +13,24 @@ from typing import Any
 import pytest
 import torch.distributed as dist
 
-from tests.distributed.harness import Report, free_port, run_on_ranks
-from tests.distributed.workers import (
-    DTENSOR_CASES,
-    LINEAR_CASES,
-    LOGITS_CASES,
-    vocab_parallel_worker,
+from tests.distributed.harness import Report
+from tests.distributed.jobs import SPLITS, reports_of
+from tests.distributed.workers import DTENSOR_CASES, LINEAR_CASES, LOGITS_CASES
+
+pytestmark = pytest.mark.skipif(
+    not dist.is_available() or not dist.is_gloo_available(),
+    reason="torch.distributed with the gloo backend is not available",
 )
-
-pytestmark = [
-    pytest.mark.slow,  # two spawned jobs, about 20-30 s each on 2 busy cores
-    pytest.mark.skipif(
-        not dist.is_available() or not dist.is_gloo_available(),
-        reason="torch.distributed with the gloo backend is not available",
-    ),
-]
-
-SPLITS = {2: (3, 4), 3: (2, 2, 3)}
-
-
-_REPORTS: dict[int, list[Report]] = {}
-
-
-def _reports_of(world_size: int, tmp_path_factory: pytest.TempPathFactory) -> list[Report]:
-    """One spawned job per world size and session; world size 2 also runs DDP, FSDP2, example."""
-    if world_size not in _REPORTS:
-        directory = tmp_path_factory.mktemp(f"world{world_size}")
-        port = free_port() if world_size == 2 else None
-        _REPORTS[world_size] = run_on_ranks(
-            vocab_parallel_worker, world_size, directory, SPLITS[world_size], port
-        )
-    return _REPORTS[world_size]
 
 
 @pytest.fixture(params=sorted(SPLITS), ids=lambda size: f"world{size}")
 def reports(request: Any, tmp_path_factory: pytest.TempPathFactory) -> list[Report]:
-    return _reports_of(request.param, tmp_path_factory)
+    return reports_of(request.param, tmp_path_factory)
 
 
 @pytest.fixture
 def world_two(tmp_path_factory: pytest.TempPathFactory) -> list[Report]:
-    return _reports_of(2, tmp_path_factory)
+    return reports_of(2, tmp_path_factory)
 
 
 def _no_failures(reports: list[Report], section: str) -> None:
@@ -80,6 +58,8 @@ def test_out_of_range_target_raises_on_every_rank(reports: list[Report]) -> None
 
 
 def test_linear_value_and_gradients_equal_single_process(reports: list[Report]) -> None:
+    # every option, softcap included: against linear_fair_loss of the whole head
+    assert any("softcap" in case for case in LINEAR_CASES)
     assert all(r["linear cases"] == len(LINEAR_CASES) for r in reports)
     _no_failures(reports, "linear")
 

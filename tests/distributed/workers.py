@@ -1,8 +1,11 @@
 """What each rank runs: many cases in one process group, each compared on the rank itself.
 
 The oracle on every rank is single-process :func:`fairloss.fair_loss` of the gathered logits
-(``impl="composite"``, float64; ``impl="dense"`` as well for values). Mismatches are recorded as
-strings, never raised (see :mod:`tests.distributed.harness`).
+(``impl="composite"``, float64; ``impl="dense"`` as well for values), and for the linear head
+:func:`fairloss.linear_fair_loss` of the whole head (``impl="composite"``, and the chunked
+default). Mismatches are recorded as strings, never raised (see :mod:`tests.distributed.harness`).
+World size 2 also runs DDP, FSDP2, the tensor-parallel example and the synced metrics
+(:mod:`tests.distributed.metric_workers`) in the same processes.
 """
 
 from __future__ import annotations
@@ -15,15 +18,15 @@ from typing import Any, Callable, Optional
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fairloss import FairLoss, fair_loss
+from fairloss import FairLoss, fair_loss, linear_fair_loss
 from fairloss.distributed import (
     vocab_parallel_fair_loss,
     vocab_parallel_linear_fair_loss,
 )
 from tests.distributed.harness import Report, init_gloo, slice_bounds
+from tests.distributed.metric_workers import check_synced_metrics
 
 NUM_CLASSES = 7
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "tensor_parallel.py"
@@ -69,6 +72,16 @@ LINEAR_CASES: list[dict[str, Any]] = [
     {"weight": True, "label_smoothing": 0.1, "z_loss_scale": 0.01, "chunk_size": 3},
     {"smooth_max_beta": 10.0, "scaling_factor": 10.0, "chunk_size": 4, "reduction": "none"},
     {"smooth_max_beta": 1.0, "scaling_factor": 1.0, "ignore_index": 2, "weight": True},
+    {"softcap": 1.5, "reduction": "none", "chunk_size": 2},
+    {
+        "softcap": 0.8,
+        "weight": True,
+        "label_smoothing": 0.1,
+        "z_loss_scale": 0.01,
+        "ignore_index": 2,
+        "smooth_max_beta": 10.0,
+        "scaling_factor": 10.0,
+    },
 ]
 
 DTENSOR_CASES: list[dict[str, Any]] = [
@@ -319,12 +332,22 @@ def check_linear_cases(rank: int, sizes: tuple[int, ...]) -> tuple[Failures, int
         full_input = hidden.clone().requires_grad_()
         full_head = head.clone().requires_grad_()
         full_bias = bias.clone().requires_grad_() if with_bias else None
-        logits = F.linear(full_input, full_head, full_bias).reshape(-1, NUM_CLASSES)
-        expected = fair_loss(logits, target.reshape(-1), weight, impl="composite", **options)
-        if expected.dim() == 1:
-            expected = expected.reshape(target.shape)
+        expected = linear_fair_loss(
+            full_input, full_head, target, linear_bias=full_bias, weight=weight,
+            impl="composite", **options,
+        )  # fmt: skip
         upstream = torch.linspace(-1.0, 2.0, expected.numel(), dtype=torch.float64)
         (expected * upstream.reshape(expected.shape)).sum().backward()
+        # the single-device chunked head, as the user would call it
+        single_leaves = [hidden.clone().requires_grad_(), head.clone().requires_grad_()]
+        if with_bias:
+            single_leaves.append(bias.clone().requires_grad_())
+        single = linear_fair_loss(
+            single_leaves[0], single_leaves[1], target,
+            linear_bias=single_leaves[2] if with_bias else None, weight=weight,
+            chunk_size=chunk_size, **options,
+        )  # fmt: skip
+        (single * upstream.reshape(single.shape)).sum().backward()
 
         local_input = hidden.clone().requires_grad_()
         local_head = head[mine].clone().requires_grad_()
@@ -341,12 +364,22 @@ def check_linear_cases(rank: int, sizes: tuple[int, ...]) -> tuple[Failures, int
         (loss * upstream.reshape(loss.shape)).sum().backward()
         name = f"linear {case}"
         failures.check(f"{name} value", loss, expected)
+        failures.check(f"{name} value vs linear_fair_loss", loss, single)
         assert full_input.grad is not None and full_head.grad is not None
         failures.check(f"{name} input gradient", local_input.grad, full_input.grad)
         failures.check(f"{name} weight gradient", local_head.grad, full_head.grad[mine])
+        single_grads = [leaf.grad for leaf in single_leaves]
+        failures.check(f"{name} input gradient vs linear_fair_loss", local_input.grad,
+                       single_grads[0])  # fmt: skip
+        head_grad = single_grads[1]
+        failures.check(f"{name} weight gradient vs linear_fair_loss", local_head.grad,
+                       None if head_grad is None else head_grad[mine])  # fmt: skip
         if full_bias is not None and local_bias is not None:
             assert full_bias.grad is not None
             failures.check(f"{name} bias gradient", local_bias.grad, full_bias.grad[mine])
+            bias_grad = single_grads[2]
+            failures.check(f"{name} bias gradient vs linear_fair_loss", local_bias.grad,
+                           None if bias_grad is None else bias_grad[mine])  # fmt: skip
         count += 1
     return failures, count
 
@@ -551,7 +584,8 @@ def check_example(rank: int, world_size: int, port: int) -> Failures:
 def vocab_parallel_worker(
     rank: int, world_size: int, directory: str, sizes: tuple[int, ...], port: Optional[int]
 ) -> Report:
-    """Every check for one world size, in one process group; ``port`` runs the extras too."""
+    """Every check for one world size, in one process group; ``port`` runs the extras too (DDP,
+    FSDP2, the synced metrics, then the example in its own group)."""
     init_gloo(rank, world_size, str(Path(directory) / "init"))
     report: Report = {}
     try:
@@ -565,6 +599,7 @@ def vocab_parallel_worker(
         if port is not None:
             report["ddp"] = check_ddp(rank, world_size)
             report["fsdp"] = check_fsdp(rank, world_size)
+            report["metrics"] = check_synced_metrics(rank, world_size)
     finally:
         dist.destroy_process_group()
     if port is not None:

@@ -17,6 +17,8 @@ from matplotlib.image import imread
 from experiments.cli import main
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
+#: A generous limit on a child process that takes seconds: a safety net, not a timing test.
+SAFETY_TIMEOUT_S = 900
 
 TINY_ARGS = [
     "--dataset",
@@ -199,7 +201,7 @@ def test_module_entry_point_from_the_repository_root() -> None:
         cwd=REPOSITORY_ROOT,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=SAFETY_TIMEOUT_S,
     )
     assert completed.returncode == 0
     help_text = " ".join(completed.stdout.split())  # argparse wraps to the terminal's width
@@ -227,7 +229,7 @@ def test_help_imports_none_of_the_heavy_demo_packages() -> None:
         cwd=REPOSITORY_ROOT,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=SAFETY_TIMEOUT_S,
     )
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.splitlines()[-1] == "[]"

@@ -32,7 +32,6 @@ def _toy_classification(count: int, seed: int, noise: float = 0.3) -> list[dict[
     return [{"input_ids": ids, "labels": label} for ids, label in zip(input_ids, labels)]
 
 
-@pytest.mark.slow
 def test_trainer_keeps_the_checkpoint_with_the_lowest_eval_pll(tmp_path: Path) -> None:
     model = use_fair_loss(
         sequence_classifier(score_scale=1.0), scaling_factor=50.0, smooth_max_beta=50.0

@@ -41,7 +41,7 @@ from torch import Tensor
 from fairloss._impl import dense, sparse, sparse_compiled
 from fairloss._impl.base import Implementation, autograd_function
 from fairloss._penalty import fair_loss_composite
-from fairloss._validation import FairLossOptions, check_choice, expected
+from fairloss._validation import IMPLEMENTATIONS, FairLossOptions, check_choice, expected
 
 __all__ = [
     "DENSE_COMPILED_MAX_CLASSES",
@@ -52,7 +52,7 @@ __all__ = [
 ]
 
 #: The values of the ``impl`` argument of :func:`fairloss.fair_loss`.
-IMPLEMENTATION_NAMES = ("auto", "sparse", "dense", "composite")
+IMPLEMENTATION_NAMES = IMPLEMENTATIONS
 
 #: Under ``torch.compile`` on CPU, ``"auto"`` runs ``"dense"`` up to this many classes and
 #: ``"sparse"`` above (the table above).

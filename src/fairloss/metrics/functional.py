@@ -315,35 +315,11 @@ def log_loss(
     Keras clips to in the authors' code) keeps the loss finite at :math:`q_y = 0`. The natural
     logarithm is used. ``"mean"`` averages over rows, ``"sum"`` adds them.
 
-    Equivalent to::
+    ``probs``, ``target``, ``reduction``, ``validate_args``, the shapes and the errors: see
+    :mod:`fairloss.metrics`. Equivalent to::
 
         -probs.gather(1, target[:, None]).squeeze(1).clamp_min(eps).log()  # then reduce
 
-    Args:
-        probs (Tensor): predicted class probabilities; each row lies in :math:`[0, 1]` and sums
-            to 1 (within ``max(1e-4, 2 * torch.finfo(probs.dtype).eps)``). For logits, pass
-            :func:`probabilities_from_logits` of them.
-        target (Tensor): true classes, as integer class indices in :math:`[0, C)` or as one-hot
-            rows (any real dtype, the shape of ``probs``).
-        reduction (str, optional): ``"none"`` | ``"mean"`` | ``"sum"``. Default: ``"mean"``.
-        validate_args (bool, optional): check the values of ``probs`` and ``target`` (ranges,
-            row sums, one-hot rows). The check reads the data, a device sync on an accelerator;
-            turn it off in hot loops on inputs you trust. Types and shapes are always checked.
-            Default: ``True``.
-
-    Shape:
-        - probs: :math:`(N, C)`.
-        - target: :math:`(N)` for class indices, :math:`(N, C)` for one-hot rows.
-        - output: a scalar; :math:`(N)` with ``reduction="none"``. Float32 for float16,
-          bfloat16 and float32 ``probs``, float64 for float64. ``"mean"`` of zero rows is NaN.
-
-    Raises:
-        ValueError: ``reduction`` not one of ``("mean", "sum", "none")``; ``probs`` not of shape
-            :math:`(N, C)`; ``target`` of neither shape; and with ``validate_args``: a
-            probability outside :math:`[0, 1]` (or NaN), a row not summing to 1, a class index
-            outside :math:`[0, C)`, a one-hot row that is not one-hot.
-        TypeError: ``probs`` not a floating point tensor; ``target`` not a real tensor, or a
-            boolean tensor of class indices.
     Example:
         >>> import torch
         >>> from fairloss.metrics import log_loss
@@ -373,38 +349,15 @@ def brier_score(
     it by :math:`C`, as some libraries and the authors' code do. ``reduction="mean"`` averages
     over rows, ``"sum"`` adds them.
 
-    Equivalent to::
+    ``probs``, ``target``, ``reduction``, ``validate_args``, the shapes and the errors: see
+    :mod:`fairloss.metrics`. Equivalent to::
 
         (probs - F.one_hot(target, C)).square().sum(dim=1)  # then reduce
 
     Args:
-        probs (Tensor): predicted class probabilities; each row lies in :math:`[0, 1]` and sums
-            to 1 (within ``max(1e-4, 2 * torch.finfo(probs.dtype).eps)``). For logits, pass
-            :func:`probabilities_from_logits` of them.
-        target (Tensor): true classes, as integer class indices in :math:`[0, C)` or as one-hot
-            rows (any real dtype, the shape of ``probs``).
-        reduction (str, optional): ``"none"`` | ``"mean"`` | ``"sum"``. Default: ``"mean"``.
-        validate_args (bool, optional): check the values of ``probs`` and ``target`` (ranges,
-            row sums, one-hot rows). The check reads the data, a device sync on an accelerator;
-            turn it off in hot loops on inputs you trust. Types and shapes are always checked.
-            Default: ``True``.
-        brier (str, optional): ``"sum"`` over classes (the paper) or ``"mean"`` (the sum
-            divided by :math:`C`). Default: ``"sum"``.
+        brier (str, optional): ``"sum"`` the squared errors over classes (the paper) or
+            ``"mean"`` them (the authors' code). Default: ``"sum"``.
 
-    Shape:
-        - probs: :math:`(N, C)`.
-        - target: :math:`(N)` for class indices, :math:`(N, C)` for one-hot rows.
-        - output: a scalar; :math:`(N)` with ``reduction="none"``. Float32 for float16,
-          bfloat16 and float32 ``probs``, float64 for float64. ``"mean"`` of zero rows is NaN.
-
-    Raises:
-        ValueError: ``reduction`` not one of ``("mean", "sum", "none")``; ``brier`` not one of
-            ``("sum", "mean")``; ``probs`` not of shape :math:`(N, C)`; ``target`` of neither
-            shape; and with ``validate_args``: a probability outside :math:`[0, 1]` (or NaN), a
-            row not summing to 1, a class index outside :math:`[0, C)`, a one-hot row that is
-            not one-hot.
-        TypeError: ``probs`` not a floating point tensor; ``target`` not a real tensor, or a
-            boolean tensor of class indices.
     Example:
         >>> import torch
         >>> from fairloss.metrics import brier_score
@@ -442,37 +395,13 @@ def penalized_log_loss(
     :math:`\log C`: every correct prediction scores better (lower) than every wrong one.
     ``"mean"`` averages over rows, ``"sum"`` adds them.
 
-    Equivalent to::
+    ``probs``, ``target``, ``reduction``, ``validate_args``, the shapes and the errors: see
+    :mod:`fairloss.metrics`. Equivalent to::
 
         true_probability = probs.gather(1, target[:, None])
         wrong = (probs > true_probability).any(dim=1)
         -true_probability.squeeze(1).clamp_min(eps).log() + math.log(C) * wrong  # then reduce
 
-    Args:
-        probs (Tensor): predicted class probabilities; each row lies in :math:`[0, 1]` and sums
-            to 1 (within ``max(1e-4, 2 * torch.finfo(probs.dtype).eps)``). For logits, pass
-            :func:`probabilities_from_logits` of them.
-        target (Tensor): true classes, as integer class indices in :math:`[0, C)` or as one-hot
-            rows (any real dtype, the shape of ``probs``).
-        reduction (str, optional): ``"none"`` | ``"mean"`` | ``"sum"``. Default: ``"mean"``.
-        validate_args (bool, optional): check the values of ``probs`` and ``target`` (ranges,
-            row sums, one-hot rows). The check reads the data, a device sync on an accelerator;
-            turn it off in hot loops on inputs you trust. Types and shapes are always checked.
-            Default: ``True``.
-
-    Shape:
-        - probs: :math:`(N, C)`.
-        - target: :math:`(N)` for class indices, :math:`(N, C)` for one-hot rows.
-        - output: a scalar; :math:`(N)` with ``reduction="none"``. Float32 for float16,
-          bfloat16 and float32 ``probs``, float64 for float64. ``"mean"`` of zero rows is NaN.
-
-    Raises:
-        ValueError: ``reduction`` not one of ``("mean", "sum", "none")``; ``probs`` not of shape
-            :math:`(N, C)`; ``target`` of neither shape; and with ``validate_args``: a
-            probability outside :math:`[0, 1]` (or NaN), a row not summing to 1, a class index
-            outside :math:`[0, C)`, a one-hot row that is not one-hot.
-        TypeError: ``probs`` not a floating point tensor; ``target`` not a real tensor, or a
-            boolean tensor of class indices.
     Example:
         >>> import torch
         >>> from fairloss.metrics import penalized_log_loss
@@ -514,40 +443,17 @@ def penalized_brier_score(
     It still scores every correct prediction better than every wrong one (its Brier part is
     below :math:`(C-1)/C` too), but the penalty weighs :math:`C` times more against it.
 
-    Equivalent to::
+    ``probs``, ``target``, ``reduction``, ``validate_args``, the shapes and the errors: see
+    :mod:`fairloss.metrics`. Equivalent to::
 
         wrong = (probs > probs.gather(1, target[:, None])).any(dim=1)
         brier = (probs - F.one_hot(target, C)).square().sum(dim=1)
         brier + (C - 1) / C * wrong  # then reduce
 
     Args:
-        probs (Tensor): predicted class probabilities; each row lies in :math:`[0, 1]` and sums
-            to 1 (within ``max(1e-4, 2 * torch.finfo(probs.dtype).eps)``). For logits, pass
-            :func:`probabilities_from_logits` of them.
-        target (Tensor): true classes, as integer class indices in :math:`[0, C)` or as one-hot
-            rows (any real dtype, the shape of ``probs``).
-        reduction (str, optional): ``"none"`` | ``"mean"`` | ``"sum"``. Default: ``"mean"``.
-        validate_args (bool, optional): check the values of ``probs`` and ``target`` (ranges,
-            row sums, one-hot rows). The check reads the data, a device sync on an accelerator;
-            turn it off in hot loops on inputs you trust. Types and shapes are always checked.
-            Default: ``True``.
-        brier (str, optional): the Brier part's squared errors ``"sum"``-med over classes (the
-            paper) or averaged, ``"mean"`` (the authors' code). Default: ``"sum"``.
+        brier (str, optional): ``"sum"`` the squared errors over classes (the paper) or
+            ``"mean"`` them (the authors' code). Default: ``"sum"``.
 
-    Shape:
-        - probs: :math:`(N, C)`.
-        - target: :math:`(N)` for class indices, :math:`(N, C)` for one-hot rows.
-        - output: a scalar; :math:`(N)` with ``reduction="none"``. Float32 for float16,
-          bfloat16 and float32 ``probs``, float64 for float64. ``"mean"`` of zero rows is NaN.
-
-    Raises:
-        ValueError: ``brier`` not one of ``("sum", "mean")``; ``reduction`` not one of
-            ``("mean", "sum", "none")``; ``probs`` not of shape
-            :math:`(N, C)`; ``target`` of neither shape; and with ``validate_args``: a
-            probability outside :math:`[0, 1]` (or NaN), a row not summing to 1, a class index
-            outside :math:`[0, C)`, a one-hot row that is not one-hot.
-        TypeError: ``probs`` not a floating point tensor; ``target`` not a real tensor, or a
-            boolean tensor of class indices.
     Example:
         >>> import torch
         >>> from fairloss.metrics import penalized_brier_score

@@ -94,32 +94,9 @@ class _MeanScoringRule(Metric):
 class PenalizedLogLoss(_MeanScoringRule):
     r"""Penalized Logarithmic Loss (PLL), accumulated over batches and processes.
 
-    The mean over all rows seen of
-
-    .. math::
-        \operatorname{PLL}(q, y) = -\log \max(q_y, \epsilon)
-            + \log(C)\,\bigl[\max_{k \ne y} q_k > q_y\bigr]
-
-    as in :func:`fairloss.metrics.penalized_log_loss` (Ahmadian, Ghatee & Wahlström, 2025,
-    doi:10.1016/j.ijar.2025.109421). Lower is better; every correct prediction scores better
-    than every wrong one.
-
-    Args:
-        validate_args (bool, optional): check the values of each batch (probabilities in
-            :math:`[0, 1]`, rows summing to 1, targets in range); a device sync on an
-            accelerator. Default: ``True``.
-        kwargs: passed to ``torchmetrics.Metric`` (``sync_on_compute``, ``process_group``, ...).
-
-    The state is float32; call ``.set_dtype(torch.float64)`` to accumulate in float64.
-
-    Shape:
-        - ``update(probs, target)``: ``probs`` :math:`(N, C)`; ``target`` :math:`(N)` class
-          indices or :math:`(N, C)` one-hot rows.
-        - ``compute()``: a scalar.
-
-    Raises:
-        ValueError, TypeError: from ``update``, as :func:`fairloss.metrics.penalized_log_loss`.
-        TypeError: ``validate_args`` not a bool.
+    The mean over every row seen of :func:`fairloss.metrics.penalized_log_loss` (log loss plus
+    :math:`\log C` on wrong rows); lower is better. ``validate_args``, ``kwargs``, ``update``
+    and ``compute``: see :mod:`fairloss.metrics`.
 
     Example:
         >>> import torch
@@ -138,34 +115,9 @@ class PenalizedLogLoss(_MeanScoringRule):
 class PenalizedBrierScore(_MeanScoringRule):
     r"""Penalized Brier Score (PBS), accumulated over batches and processes.
 
-    The mean over all rows seen of
-
-    .. math::
-        \operatorname{PBS}(q, y) = \sum_{k=1}^{C} (q_k - [k = y])^2
-            + \tfrac{C - 1}{C}\,\bigl[\max_{k \ne y} q_k > q_y\bigr]
-
-    as in :func:`fairloss.metrics.penalized_brier_score` (the paper's formula, squared error
-    summed over classes). Lower is better; every correct prediction scores better than every
-    wrong one.
-
-    Args:
-        brier (str, optional): the Brier part's squared errors ``"sum"``-med over classes (the
-            paper) or averaged, ``"mean"`` (the authors' code). Default: ``"sum"``.
-        validate_args (bool, optional): check the values of each batch; a device sync on an
-            accelerator. Default: ``True``.
-        kwargs: passed to ``torchmetrics.Metric``.
-
-    The state is float32; call ``.set_dtype(torch.float64)`` to accumulate in float64.
-
-    Shape:
-        - ``update(probs, target)``: ``probs`` :math:`(N, C)`; ``target`` :math:`(N)` class
-          indices or :math:`(N, C)` one-hot rows.
-        - ``compute()``: a scalar.
-
-    Raises:
-        ValueError, TypeError: from ``update``, as :func:`fairloss.metrics.penalized_brier_score`.
-        ValueError: ``brier`` not one of ``("sum", "mean")``.
-        TypeError: ``validate_args`` not a bool.
+    The mean over every row seen of :func:`fairloss.metrics.penalized_brier_score` (Brier score
+    plus :math:`(C-1)/C` on wrong rows); lower is better. ``brier`` as there;
+    ``validate_args``, ``kwargs``, ``update`` and ``compute``: see :mod:`fairloss.metrics`.
 
     Example:
         >>> import torch
@@ -186,23 +138,10 @@ class PenalizedBrierScore(_MeanScoringRule):
 
 
 class LogLoss(_MeanScoringRule):
-    r"""Logarithmic loss :math:`-\log \max(q_y, \epsilon)`, accumulated over batches and processes.
+    r"""Logarithmic loss, accumulated over batches and processes.
 
-    The mean over all rows seen, as :func:`fairloss.metrics.log_loss`; lower is better.
-
-    Args:
-        validate_args (bool, optional): check the values of each batch; a device sync on an
-            accelerator. Default: ``True``.
-        kwargs: passed to ``torchmetrics.Metric``.
-
-    Shape:
-        - ``update(probs, target)``: ``probs`` :math:`(N, C)`; ``target`` :math:`(N)` or
-          :math:`(N, C)` one-hot.
-        - ``compute()``: a scalar.
-
-    Raises:
-        ValueError, TypeError: from ``update``, as :func:`fairloss.metrics.log_loss`.
-        TypeError: ``validate_args`` not a bool.
+    The mean over every row seen of :func:`fairloss.metrics.log_loss`; lower is better.
+    ``validate_args``, ``kwargs``, ``update`` and ``compute``: see :mod:`fairloss.metrics`.
 
     Example:
         >>> import torch
@@ -219,28 +158,11 @@ class LogLoss(_MeanScoringRule):
 
 
 class BrierScore(_MeanScoringRule):
-    r"""Multi-class Brier score :math:`\sum_k (q_k - [k = y])^2`, accumulated over batches.
+    r"""Multi-class Brier score, accumulated over batches and processes.
 
-    The mean over all rows seen, as :func:`fairloss.metrics.brier_score` (summed over classes,
-    range :math:`[0, 2]`, or averaged with ``brier="mean"``); lower is better. It is the plain
-    score beside :class:`PenalizedBrierScore` (torchmetrics has no multi-class Brier score).
-
-    Args:
-        brier (str, optional): ``"sum"`` of the squared errors over classes (the paper) or their
-            ``"mean"``. Default: ``"sum"``.
-        validate_args (bool, optional): check the values of each batch; a device sync on an
-            accelerator. Default: ``True``.
-        kwargs: passed to ``torchmetrics.Metric``.
-
-    Shape:
-        - ``update(probs, target)``: ``probs`` :math:`(N, C)`; ``target`` :math:`(N)` or
-          :math:`(N, C)` one-hot.
-        - ``compute()``: a scalar.
-
-    Raises:
-        ValueError, TypeError: from ``update``, as :func:`fairloss.metrics.brier_score`.
-        ValueError: ``brier`` not one of ``("sum", "mean")``.
-        TypeError: ``validate_args`` not a bool.
+    The mean over every row seen of :func:`fairloss.metrics.brier_score`; lower is better
+    (torchmetrics has no multi-class Brier score). ``brier`` as there; ``validate_args``,
+    ``kwargs``, ``update`` and ``compute``: see :mod:`fairloss.metrics`.
 
     Example:
         >>> import torch

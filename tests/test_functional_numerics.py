@@ -1,4 +1,4 @@
-"""Precision, extreme logits, masked classes, shift invariance and dtypes."""
+"""fair_loss in every dtype and at extreme values: precision, masked classes, shift invariance."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""docs/formulation.md, checked: its tables recomputed with the library, its claims, its gradient.
+"""The formula (``fairloss._penalty``) against its published numbers: the README's worked example
+and release 0.1.1's penalty, and docs/formulation.md, checked: its tables recomputed with the
+library, its claims, its gradient.
 
 Each table of the page that follows a ``<!-- checked: NAME -->`` marker is parsed here; every
 number in it is recomputed with :func:`fairloss.fair_loss` (or torch) and must agree to the
@@ -19,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fairloss import fair_loss
+from tests.reference import seed_penalty
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "formulation.md"
 DEFAULT = 1000.0
@@ -84,6 +87,22 @@ def argmax_kind(logits: list[float], target: int) -> str:
     if logits[target] < top:
         return "wrong"
     return "tie" if logits.count(top) > 1 else "correct"
+
+
+# ---------------------------------------------------------------- the README's worked example
+
+
+def test_seed_worked_example() -> None:
+    logits = torch.tensor([[0.34, 0.33, 0.33], [0.49, 0.51, 0.00]])
+    target = torch.tensor([0, 0])
+    loss = fair_loss(logits, target, reduction="none")
+    ce = F.cross_entropy(logits, target, reduction="none")
+    torch.testing.assert_close(loss, torch.tensor([1.0920, 1.3014]), rtol=0, atol=5e-5)
+    # sample 2 is wrong (class 1 wins) and must now lose to the correct sample 1
+    assert ce[1] < ce[0] and loss[1] > loss[0]
+    # penalty of the wrong sample: the 0.1.1 formula (2 sigmoid(-s gap) - 1) / C
+    gap = 0.49 - torch.logsumexp(1000 * logits[1].double(), 0).item() / 1000
+    torch.testing.assert_close((loss - ce)[1].item(), seed_penalty(gap, 3), rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------- the page's tables

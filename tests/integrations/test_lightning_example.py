@@ -15,7 +15,7 @@ pytest.importorskip("lightning")
 pytest.importorskip("torchmetrics")
 pytest.importorskip("sklearn")
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "lightning_model_selection.py"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "lightning_model_selection.py"
 
 
 def _load_example() -> ModuleType:

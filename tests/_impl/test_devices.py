@@ -4,7 +4,8 @@ A meta tensor has no data, so any step that needs one (``.item()``, ``nonzero``,
 shape that depends on values) raises there. ``fair_loss`` and ``linear_fair_loss`` run forward
 and backward on meta tensors for every family of options, as ``F.cross_entropy`` does. Where a
 GPU exists, the same calls run on CUDA under ``torch.cuda.set_sync_debug_mode("error")`` (any
-synchronising call raises) and equal the CPU's results. ``make gpu-check`` runs this file.
+synchronising call raises) and equal the CPU's results. ``make gpu-check`` runs this file
+(``benchmarks/gpu_check.py``).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ OPTION_FAMILIES: list[tuple[str, tuple[int, ...], dict[str, Any]]] = [
     ("label-smoothing", (12, 7), {"label_smoothing": 0.2, "weight": True}),
     ("penalty-scale", (12, 7), {"penalty_scale": 2.0, "smooth_max_beta": 5.0}),
     ("penalty-off", (12, 7), {"scaling_factor": 0.0}),
+    ("z-loss", (12, 7), {"z_loss_scale": 1e-4, "ignore": True}),
     ("probability", (12, 7), {"probability": True, "label_smoothing": 0.1}),
     ("k-dim", (3, 5, 4, 6), {"ignore": True, "reduction": "none"}),
     ("k-dim-probability", (3, 5, 4), {"probability": True, "weight": True}),
@@ -77,23 +79,26 @@ def test_fair_loss_runs_on_meta_tensors(
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_linear_fair_loss_runs_on_meta_tensors(reduction: str, with_bias: bool) -> None:
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"z_loss_scale": 1e-4, "softcap": 30.0, "return_accuracy": True}],
+    ids=["defaults", "z_loss-softcap-accuracy"],
+)
+def test_linear_fair_loss_runs_on_meta_tensors(
+    reduction: str, with_bias: bool, options: dict[str, Any]
+) -> None:
     hidden = torch.randn(2, 9, 16, device="meta", requires_grad=True)
     head = torch.randn(50, 16, device="meta", requires_grad=True)
     bias = torch.randn(50, device="meta", requires_grad=True) if with_bias else None
     target = torch.randint(0, 50, (2, 9), device="meta")
     weight = torch.rand(50, device="meta")
-    loss = linear_fair_loss(
-        hidden,
-        head,
-        target,
-        linear_bias=bias,
-        weight=weight,
-        reduction=reduction,
-        label_smoothing=0.1,
-        chunk_size=4,
-    )
+    result = linear_fair_loss(
+        hidden, head, target, linear_bias=bias, weight=weight, reduction=reduction,
+        label_smoothing=0.1, chunk_size=4, **options,
+    )  # fmt: skip
+    loss, *accuracy = result if isinstance(result, tuple) else (result,)
     assert loss.shape == ((2, 9) if reduction == "none" else ())
+    assert all(value.device.type == "meta" and value.shape == () for value in accuracy)
     leaves = [leaf for leaf in (hidden, head, bias) if leaf is not None]
     grads = torch.autograd.grad(loss.sum(), leaves)
     assert [g.shape for g in grads] == [leaf.shape for leaf in leaves]

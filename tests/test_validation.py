@@ -1,14 +1,20 @@
-"""Bad input raises a clear exception naming the argument; never a silent number."""
+"""Bad input raises a clear exception naming the argument; never a silent number.
+
+fair_loss, FairLoss and linear_fair_loss (LinearFairLoss's constructor: ``test_modules.py``; the
+vocab-parallel entry points: ``distributed/test_arguments.py``), all with ``_validation``'s one
+pattern: "Expected argument `name` to be ..., but got ...".
+"""
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 import torch
 from torch.testing import assert_close
 
-from fairloss import FairLoss, fair_loss
+from fairloss import FairLoss, fair_loss, linear_fair_loss
 
 LOGITS = torch.randn(3, 4)
 TARGET = torch.tensor([0, 3, 1])
@@ -47,6 +53,8 @@ TARGET = torch.tensor([0, 3, 1])
         ),
         ({"label_smoothing": -0.1}, ValueError, r"`label_smoothing`"),
         ({"ignore_index": 1.5}, TypeError, r"`ignore_index` to be an integer"),
+        ({"z_loss_scale": -1.0}, ValueError, r"`z_loss_scale` to be a finite number larger than"),
+        ({"z_loss_scale": math.inf}, ValueError, r"`z_loss_scale`"),
     ],
 )
 def test_bad_options(options: dict, error: type, message: str) -> None:
@@ -135,3 +143,87 @@ def test_no_classes_follow_cross_entropy() -> None:
     assert torch.equal(fair_loss(torch.empty(3, 0), ignored, reduction="none"), expected)
     with pytest.raises(ValueError, match=r"class indices in \[0, 0\)"):
         fair_loss(torch.empty(3, 0), torch.zeros(3, dtype=torch.long))
+
+
+def _any(value: object) -> Any:
+    """A deliberately wrong argument, hidden from the type checker."""
+    return value
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda x, w, t: linear_fair_loss(x.long(), w, t), TypeError, "`input` to be a floating"),
+        (
+            lambda x, w, t: linear_fair_loss(x[0, 0], w, t),
+            ValueError,
+            r"`input` .* but got a scalar",
+        ),
+        (lambda x, w, t: linear_fair_loss(x, w[0], t), ValueError, r"`linear_weight` .*\(V, 3\)"),
+        (lambda x, w, t: linear_fair_loss(x, w[:, :2], t), ValueError, r"shape \(5, 2\)"),
+        (lambda x, w, t: linear_fair_loss(x, w.double(), t), TypeError, "input's dtype"),
+        (lambda x, w, t: linear_fair_loss(x, _any([[1.0]]), t), TypeError, "`linear_weight`"),
+        (
+            lambda x, w, t: linear_fair_loss(x, w, t, linear_bias=torch.zeros(4)),
+            ValueError,
+            r"`linear_bias` .*\(5,\)",
+        ),
+        (
+            lambda x, w, t: linear_fair_loss(x, w, t, linear_bias=torch.zeros(5).double()),
+            TypeError,
+            "`linear_bias`",
+        ),
+        (
+            lambda x, w, t: linear_fair_loss(x, w, torch.rand(4, 5)),
+            TypeError,
+            "does not take class probabilities",
+        ),
+        (lambda x, w, t: linear_fair_loss(x, w, t[:3]), ValueError, r"`target` .*\(4,\)"),
+        (lambda x, w, t: linear_fair_loss(x, w, t + 5), ValueError, r"class indices in \[0, 5\)"),
+        (lambda x, w, t: linear_fair_loss(x, w, t, chunk_size=0), ValueError, "`chunk_size`"),
+        (
+            lambda x, w, t: linear_fair_loss(x, w, t, chunk_size=_any(2.0)),
+            TypeError,
+            "`chunk_size`",
+        ),
+        (lambda x, w, t: linear_fair_loss(x, w, t, reduction="avg"), ValueError, "`reduction`"),
+        (lambda x, w, t: linear_fair_loss(x, w, t, weight=torch.ones(4)), ValueError, "`weight`"),
+        (
+            lambda x, w, t: linear_fair_loss(x, w, t, label_smoothing=1.5),
+            ValueError,
+            "`label_smoothing`",
+        ),
+        (
+            lambda x, w, t: linear_fair_loss(x, w, t, smooth_max_beta=0.0),
+            ValueError,
+            "`smooth_max_beta`",
+        ),
+        (
+            lambda x, w, t: linear_fair_loss(x, w, t, penalty_scale=-1.0),
+            ValueError,
+            "`penalty_scale`",
+        ),
+        (
+            lambda x, w, t: linear_fair_loss(x, w, t, ignore_index=_any(1.5)),
+            TypeError,
+            "`ignore_index`",
+        ),
+        (lambda x, w, t: linear_fair_loss(x, w, t, z_loss_scale=-1.0), ValueError, "`z_loss"),
+        (lambda x, w, t: linear_fair_loss(x, w, t, z_loss_scale=math.inf), ValueError, "`z_loss"),
+        (lambda x, w, t: linear_fair_loss(x, w, t, softcap=0.0), ValueError, "`softcap`"),
+        (lambda x, w, t: linear_fair_loss(x, w, t, softcap=-2.0), ValueError, "`softcap`"),
+        (lambda x, w, t: linear_fair_loss(x, w, t, softcap=_any("30")), TypeError, "`softcap`"),
+        (
+            lambda x, w, t: linear_fair_loss(x, w, t, return_accuracy=_any(1)),
+            TypeError,
+            "`return_accuracy`",
+        ),
+        (lambda x, w, t: linear_fair_loss(x, w, t, impl="fast"), ValueError, "`impl`"),
+    ],
+)
+def test_linear_fair_loss_errors(call: Any, error: type, match: str) -> None:
+    hidden = torch.randn(4, 3)
+    head = torch.randn(5, 3)
+    target = torch.tensor([0, 1, 2, 4])
+    with pytest.raises(error, match=match):
+        call(hidden, head, target)

@@ -1,26 +1,10 @@
-r"""Train Hugging Face Transformers models with FairLoss, and select checkpoints by PLL.
-
-Two entry points, both thin adapters onto the public API (:func:`fairloss.fair_loss`,
-:func:`fairloss.linear.linear_fair_loss`, :mod:`fairloss.metrics`) through Transformers' own
-hooks:
-
-* :func:`use_fair_loss` sets one model instance's ``loss_function`` (the hook every Transformers
-  model calls with its logits and labels) to FairLoss, and with ``fused=True`` makes a causal
-  language model compute the training loss from its last hidden states and ``lm_head`` in row
-  chunks, without the logits;
-* :func:`fair_loss_metrics` builds a ``compute_metrics`` callable for ``Trainer``, so that
-  ``metric_for_best_model="pll"`` selects checkpoints by the Penalized Log Loss.
-
-Needs the ``transformers`` extra: ``pip install "pytorch-fairloss[transformers]"`` (Transformers
-5). Importing :mod:`fairloss` does not import Transformers; this module does.
-"""
+"""``use_fair_loss``: FairLoss as a Transformers model's training loss, through its own hooks."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
 import inspect
-import math
 import types
 from collections.abc import Mapping
 from typing import Any, Callable, Optional
@@ -35,7 +19,16 @@ from transformers.loss.loss_utils import (
 )
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from fairloss._validation import check_chunk_size, expected
+from fairloss._validation import (
+    IMPLEMENTATIONS,
+    OPTION_NAMES,
+    check_choice,
+    check_chunk_size,
+    check_option_names,
+    check_weight,
+    expected,
+    resolve_options,
+)
 from fairloss.functional import fair_loss, linear_fair_loss
 
 __all__ = [
@@ -43,40 +36,12 @@ __all__ = [
     "FairLossCausalLMHook",
     "FairLossClassificationHook",
     "FusedArchitecture",
-    "fair_loss_metrics",
     "use_fair_loss",
 ]
 
-#: Arguments the integration fills in from what Transformers passes; not user options.
-_CONTROLLED_ARGUMENTS = frozenset(
-    {
-        "input",
-        "target",
-        "linear_weight",
-        "linear_bias",
-        "reduction",
-        "ignore_index",
-        "softcap",
-        "return_accuracy",
-    }
-)
-#: Options of the fused path that change how, not what, it computes: not passed to ``fair_loss``.
-_FUSED_ONLY_OPTIONS = frozenset({"chunk_size"})
-#: Rows of logits turned into probabilities at a time by :func:`fair_loss_metrics`.
-_METRIC_CHUNK_ROWS = 4096
-
-
-def _option_names(function: Callable[..., Any]) -> tuple[str, ...]:
-    parameters = inspect.signature(function).parameters.values()
-    names = (
-        parameter.name
-        for parameter in parameters
-        if parameter.kind is inspect.Parameter.KEYWORD_ONLY
-        or (
-            parameter.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD and parameter.name == "weight"
-        )
-    )
-    return tuple(sorted(name for name in names if name not in _CONTROLLED_ARGUMENTS))
+#: The options ``use_fair_loss`` passes on: ``fair_loss``'s, but for ``ignore_index`` and
+#: ``reduction``, which Transformers decides; with ``fused=True`` also ``chunk_size``.
+_OPTIONS = ("weight", *(name for name in OPTION_NAMES if name != "ignore_index"), "impl")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,7 +108,7 @@ class FairLossCausalLMHook:
     Args:
         options (dict): keyword arguments for :func:`fairloss.fair_loss`.
         fused_options (dict, optional): keyword arguments for
-            :func:`fairloss.linear.linear_fair_loss` in the fused path; ``None`` when the model
+            :func:`fairloss.linear_fair_loss` in the fused path; ``None`` when the model
             is not fused. Default: ``None``.
         softcap_attribute (str, optional): the config attribute of the final logit softcapping
             (fused path). Default: ``None``.
@@ -191,7 +156,7 @@ class FairLossCausalLMHook:
         """The loss of :meth:`__call__` from the hidden states and the head, never the logits.
 
         ``hidden_states`` :math:`(B, T, H)` and ``head`` (weight :math:`(V, H)`) go to
-        :func:`fairloss.linear.linear_fair_loss` with the shifted labels, ``softcap`` included.
+        :func:`fairloss.linear_fair_loss` with the shifted labels, ``softcap`` included.
         """
         if shift_labels is None:
             shift_labels = _shifted_labels(labels, ignore_index)
@@ -329,31 +294,15 @@ def _is_fused(model: Any) -> bool:
     return getattr(getattr(forward, "__func__", None), "fairloss_fused", False) is True
 
 
-def _check_options(
-    options: Mapping[str, Any], allowed: tuple[str, ...], function_name: str
-) -> None:
-    for name in options:
-        if name not in allowed:
-            raise TypeError(
-                expected(
-                    "fair_loss_options",
-                    f"keyword arguments of {function_name}, one of {allowed} (reduction and "
-                    "ignore_index come from Transformers)",
-                    f"the unknown keyword {name!r}",
-                )
-            )
-
-
-def _check_values(options: Mapping[str, Any], num_classes: int) -> None:
-    """Validate the option values now, with the library's own checks, on one dummy row."""
-    weight = options.get("weight")
-    device = weight.device if isinstance(weight, Tensor) else torch.device("cpu")
-    with torch.no_grad():
-        fair_loss(
-            torch.zeros(1, num_classes, device=device),
-            torch.zeros(1, dtype=torch.long, device=device),
-            **options,
-        )
+def _check_options(options: Mapping[str, Any], num_classes: int, fused: bool) -> None:
+    """Check the option names and values now, with the library's own checks."""
+    allowed = (*_OPTIONS, "chunk_size") if fused else _OPTIONS
+    check_option_names(options, allowed, "use_fair_loss (fused)" if fused else "use_fair_loss")
+    math_options = {name: options[name] for name in OPTION_NAMES if name in options}
+    resolve_options(num_classes, **math_options)
+    check_weight(options.get("weight"), num_classes)
+    check_choice("impl", options.get("impl", "auto"), IMPLEMENTATIONS)
+    check_chunk_size(options.get("chunk_size"))
 
 
 def use_fair_loss(model: Any, *, fused: bool = False, **fair_loss_options: Any) -> Any:
@@ -381,7 +330,7 @@ def use_fair_loss(model: Any, *, fused: bool = False, **fair_loss_options: Any) 
 
     ``fused=True`` (causal LMs of :data:`FUSED_ARCHITECTURES`): in training mode
     (``model.training``) with ``labels``, the forward runs the decoder and hands its last hidden
-    states and ``model.lm_head`` to :func:`fairloss.linear.linear_fair_loss`, which computes the
+    states and ``model.lm_head`` to :func:`fairloss.linear_fair_loss`, which computes the
     loss in row chunks; the ``(B, T, V)`` logits are never built and ``output.logits`` is
     ``None``. Gemma 2's ``config.final_logit_softcapping`` is applied inside the chunks. Without
     labels, or in eval mode (``model.eval()``, as ``Trainer`` evaluates), the model's own forward
@@ -393,7 +342,7 @@ def use_fair_loss(model: Any, *, fused: bool = False, **fair_loss_options: Any) 
         fused (bool, optional): compute the training loss from the hidden states and the head
             without the logits (causal LMs only). Default: ``False``.
         **fair_loss_options: keyword arguments of :func:`fairloss.fair_loss` (with ``fused``:
-            of :func:`fairloss.linear.linear_fair_loss`), such as ``scaling_factor``,
+            of :func:`fairloss.linear_fair_loss`), such as ``scaling_factor``,
             ``smooth_max_beta``, ``penalty_scale``, ``label_smoothing``, ``weight`` or ``impl``;
             ``reduction`` and ``ignore_index`` come from Transformers.
 
@@ -449,15 +398,13 @@ def use_fair_loss(model: Any, *, fused: bool = False, **fair_loss_options: Any) 
                     "fused", "False for a classification model (fused is for causal LMs)", True
                 )
             )
-        _check_options(fair_loss_options, _option_names(fair_loss), "fairloss.fair_loss")
-        _check_values(fair_loss_options, model.config.num_labels)
+        _check_options(fair_loss_options, model.config.num_labels, fused=False)
         model.loss_function = FairLossClassificationHook(dict(fair_loss_options), current)
         return model
 
     vocab_size = model.config.get_text_config().vocab_size
     if not fused:
-        _check_options(fair_loss_options, _option_names(fair_loss), "fairloss.fair_loss")
-        _check_values(fair_loss_options, vocab_size)
+        _check_options(fair_loss_options, vocab_size, fused=False)
         model.loss_function = FairLossCausalLMHook(dict(fair_loss_options))
         if _is_fused(model):
             del model.forward  # an earlier fused=True: back to the class's forward
@@ -474,141 +421,12 @@ def use_fair_loss(model: Any, *, fused: bool = False, **fair_loss_options: Any) 
             )
         )
     softcap_attribute = architecture.softcap_attribute
-    _check_options(
-        fair_loss_options, _option_names(linear_fair_loss), "fairloss.linear.linear_fair_loss"
-    )
+    _check_options(fair_loss_options, vocab_size, fused=True)
     logits_options = {
-        name: value for name, value in fair_loss_options.items() if name not in _FUSED_ONLY_OPTIONS
+        name: value for name, value in fair_loss_options.items() if name != "chunk_size"
     }
-    _check_options(logits_options, _option_names(fair_loss), "fairloss.fair_loss")
-    _check_values(logits_options, vocab_size)
-    if "chunk_size" in fair_loss_options and fair_loss_options["chunk_size"] is not None:
-        check_chunk_size(fair_loss_options["chunk_size"])
     model.loss_function = FairLossCausalLMHook(
         logits_options, dict(fair_loss_options), softcap_attribute
     )
     model.forward = types.MethodType(_fused_forward_for(type(model)), model)
     return model
-
-
-def _as_tensor(array: Any) -> Tensor:
-    return array if isinstance(array, Tensor) else torch.as_tensor(array)
-
-
-def fair_loss_metrics(
-    *, shift_labels: bool = False, ignore_index: int = -100, n_bins: int = 15
-) -> Callable[[Any], dict[str, float]]:
-    r"""A ``compute_metrics`` for ``Trainer``: accuracy, NLL, PLL, PBS and ECE of the eval logits.
-
-    The returned callable takes Transformers' ``EvalPrediction`` (or a ``(predictions,
-    label_ids)`` pair) and returns, over the rows whose label is not ``ignore_index``, with
-    :math:`q` the softmax of the logits (computed in float64) and :math:`y` the label:
-
-    * ``accuracy``: the share of rows whose argmax is :math:`y`;
-    * ``nll``: the mean log loss :math:`-\log q_y` (:func:`fairloss.metrics.log_loss`);
-    * ``pll``: the Penalized Log Loss, log loss plus :math:`\log C` on wrong rows
-      (:func:`fairloss.metrics.penalized_log_loss`), Ahmadian, Ghatee & Wahlström (2025);
-    * ``pbs``: the Penalized Brier Score (:func:`fairloss.metrics.penalized_brier_score`);
-    * ``ece``: the expected calibration error, torchmetrics' ``MulticlassCalibrationError``
-      (``norm="l1"``, ``n_bins`` equal-width bins).
-
-    These are the scores of :class:`fairloss.metrics.ClassificationScores`, updated chunk by
-    chunk with float64 sums.
-
-    ``Trainer`` prefixes them with ``eval_``: select checkpoints by the Penalized Log Loss with
-    ``metric_for_best_model="pll"`` and ``greater_is_better=False``.
-
-    Logits :math:`(N, C)` with labels :math:`(N)` (sequence classification) are scored as they
-    are; logits :math:`(B, T, V)` with labels :math:`(B, T)` are scored per token. With
-    ``shift_labels=True`` (causal LMs) position :math:`t` is scored against label :math:`t + 1`,
-    as Transformers' causal-LM loss pairs them; leave it ``False`` for token classification.
-    When the model returns more than logits, ``predictions`` is a tuple and its first entry is
-    taken as the logits. Rows are turned into probabilities 4096 at a time; the logits of the
-    whole eval set are still gathered by ``Trainer`` first (its ``preprocess_logits_for_metrics``
-    can cut them down, for example to a sample of positions).
-
-    Args:
-        shift_labels (bool, optional): score logits of position :math:`t` against label
-            :math:`t + 1` (causal LMs). Default: ``False``.
-        ignore_index (int, optional): labels with this value are left out (Transformers pads
-            labels, and predictions across batches, with ``-100``). Default: ``-100``.
-        n_bins (int, optional): bins of the calibration error. Default: ``15``.
-
-    Returns:
-        Callable: ``compute_metrics(eval_pred) -> dict[str, float]``. With no row left, every
-        metric is NaN.
-
-    Raises:
-        TypeError: an argument of the wrong type.
-        ValueError: ``n_bins`` smaller than 1; and, when called, logits and labels whose shapes
-            do not fit each other.
-        ImportError: torchmetrics is not installed (the ``transformers`` extra installs it).
-
-    Example:
-        >>> import numpy as np
-        >>> from fairloss.integrations.transformers import fair_loss_metrics
-        >>> compute_metrics = fair_loss_metrics()
-        >>> logits = np.array([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0], [1.0, 0.0, 3.0]])
-        >>> labels = np.array([0, 1, 0])
-        >>> {name: round(value, 4) for name, value in compute_metrics((logits, labels)).items()}
-        {'accuracy': 0.6667, 'nll': 0.9869, 'pll': 1.3531, 'pbs': 0.8342, 'ece': 0.4936}
-    """
-    try:
-        from fairloss.metrics.modules import ClassificationScores
-    except ModuleNotFoundError as error:
-        raise ImportError(
-            "fair_loss_metrics needs torchmetrics (for the calibration error), which is not "
-            'installed: `pip install "pytorch-fairloss[transformers]"` installs it.'
-        ) from error
-
-    if not isinstance(shift_labels, bool):
-        got = f"{type(shift_labels).__name__} {shift_labels!r}"
-        raise TypeError(expected("shift_labels", "a bool", got))
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        got = f"{type(ignore_index).__name__} {ignore_index!r}"
-        raise TypeError(expected("ignore_index", "an integer", got))
-    if isinstance(n_bins, bool) or not isinstance(n_bins, int):
-        raise TypeError(expected("n_bins", "an integer", f"{type(n_bins).__name__} {n_bins!r}"))
-    if n_bins < 1:
-        raise ValueError(expected("n_bins", "an integer larger than 0", n_bins))
-
-    def compute_metrics(eval_pred: Any) -> dict[str, float]:
-        predictions, label_ids = eval_pred[0], eval_pred[1]
-        if isinstance(predictions, (tuple, list)):
-            predictions = predictions[0]
-        logits, labels = _as_tensor(predictions), _as_tensor(label_ids)
-        if shift_labels:
-            if logits.dim() != 3 or labels.shape != logits.shape[:2]:
-                raise ValueError(
-                    expected(
-                        "eval_pred",
-                        "causal-LM logits (B, T, V) and labels (B, T) with shift_labels=True",
-                        f"logits of shape {tuple(logits.shape)} and labels of shape "
-                        f"{tuple(labels.shape)}",
-                    )
-                )
-            logits, labels = logits[:, :-1], labels[:, 1:]
-        if logits.dim() < 2 or labels.shape != logits.shape[:-1]:
-            raise ValueError(
-                expected(
-                    "eval_pred",
-                    "logits (N, C) with labels (N), or (B, T, V) with labels (B, T)",
-                    f"logits of shape {tuple(logits.shape)} and labels of shape "
-                    f"{tuple(labels.shape)}",
-                )
-            )
-        num_classes = logits.shape[-1]
-        kept = labels.reshape(-1) != ignore_index
-        rows = logits.reshape(-1, num_classes)[kept].double()
-        targets = labels.reshape(-1)[kept].long()
-        names = ("accuracy", "nll", "pll", "pbs", "ece")
-        if rows.shape[0] == 0:
-            return dict.fromkeys(names, math.nan)
-        scores = ClassificationScores(num_classes, n_bins=n_bins).set_dtype(torch.float64)
-        for start in range(0, rows.shape[0], _METRIC_CHUNK_ROWS):
-            probs = torch.softmax(rows[start : start + _METRIC_CHUNK_ROWS], dim=1)
-            scores.update(probs, targets[start : start + _METRIC_CHUNK_ROWS])
-        totals = scores.compute()
-        return {name: float(totals[name]) for name in names}
-
-    return compute_metrics

@@ -22,8 +22,9 @@ import torch
 import fairloss
 from tests.old_release import find_old_release
 
-REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
-TIMEOUT_S = 300
+REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
+#: A generous limit on each run (they take seconds): a safety net, not a timing test.
+SAFETY_TIMEOUT_S = 900
 
 #: The columns of ``benchmarks.csv``, in order.
 CSV_COLUMNS = (
@@ -101,11 +102,11 @@ def _start(out_dir: Path, *options: str) -> subprocess.Popen[str]:
 
 def _finish(process: subprocess.Popen[str], out_dir: Path) -> Run:
     try:
-        output, _ = process.communicate(timeout=TIMEOUT_S)
+        output, _ = process.communicate(timeout=SAFETY_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         process.kill()
         output, _ = process.communicate()
-        pytest.fail(f"python -m benchmarks.run ran past {TIMEOUT_S} s:\n{output}")
+        pytest.fail(f"python -m benchmarks.run ran past {SAFETY_TIMEOUT_S} s:\n{output}")
     return Run(out_dir, process.returncode, output)
 
 
@@ -295,6 +296,6 @@ def test_bad_arguments_are_refused() -> None:
         for argv in refusals
     }
     for argv, process in processes.items():
-        _, stderr = process.communicate(timeout=TIMEOUT_S)
+        _, stderr = process.communicate(timeout=SAFETY_TIMEOUT_S)
         assert process.returncode == 2, (argv, stderr)
         assert refusals[argv] in stderr
