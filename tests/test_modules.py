@@ -74,7 +74,10 @@ def test_constructor_errors() -> None:
         ValueError, match=r"`label_smoothing` to be a number in \[0, 1\], but got 1.5"
     ):
         FairLoss(nn.CrossEntropyLoss(reduction="none", label_smoothing=1.5))
-    with pytest.raises(ValueError, match=r"`weight` to be a tensor of shape .*shape \(3, 1\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"`weight` to be a 1-D tensor of class weights, \(C,\), but got shape \(3, 1\)",
+    ):
         FairLoss(weight=torch.ones(3, 1))
     with pytest.raises(TypeError, match=r"`weight` to be a floating point tensor"):
         FairLoss(torch.ones(3, dtype=torch.long))

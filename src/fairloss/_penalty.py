@@ -20,7 +20,7 @@ without changing a result:
 * :func:`penalty_and_slope` — the value and the slope from the max gap and SmoothMax's
   normalizer :math:`\sum_c e^{\beta (z_c - \max z)}`; :func:`add_penalty_gradient_` — the
   gradient's form, assembled here only;
-* :func:`smooth_max_terms` / :func:`smooth_max_normalizer` — the normalizer's terms, floored at
+* :func:`smooth_max_terms_` / :func:`smooth_max_normalizer` — the normalizer's terms, floored at
   :func:`exp_floor`; :func:`beta_softmax_` turns them into :math:`\operatorname{softmax}(\beta z)`;
 * :func:`saturation_threshold` — beyond it, :math:`\tanh(h) = 1` and
   :math:`\operatorname{sech}^2(h) = 0` in the compute dtype; :func:`penalty_candidates`,
@@ -61,7 +61,7 @@ __all__ = [
     "runner_up_outside_margin",
     "saturation_threshold",
     "smooth_max_normalizer",
-    "smooth_max_terms",
+    "smooth_max_terms_",
     "winner_margin",
     "z_loss_and_slope",
 ]
@@ -163,10 +163,11 @@ def penalty_and_slope(
     return penalty_scale * torch.tanh(half_scaled_gap.clamp_max(20.0)), slope
 
 
-def smooth_max_terms(logits: Tensor, row_max: Tensor, smooth_max_beta: float) -> Tensor:
-    """``exp(beta * (z_j - max))`` for ``(k, C)`` logits, arguments floored at the exp floor."""
-    scaled = (logits - row_max.unsqueeze(1)).mul_(smooth_max_beta)
-    return scaled.clamp_min_(exp_floor(logits.dtype)).exp_()
+def smooth_max_terms_(rows: Tensor, row_max: Tensor, smooth_max_beta: float) -> Tensor:
+    """``exp(beta * (z_j - max))`` for ``(k, C)`` rows of logits, written over them; arguments
+    floored at the exp floor."""
+    scaled = rows.sub_(row_max.unsqueeze(1)).mul_(smooth_max_beta)
+    return scaled.clamp_min_(exp_floor(rows.dtype)).exp_()
 
 
 def smooth_max_normalizer(shifted: Tensor, smooth_max_beta: float) -> Tensor:
@@ -216,7 +217,7 @@ def add_penalty_gradient_(
 
 
 def beta_softmax_(terms: Tensor, term_sum: Tensor) -> Tensor:
-    """``softmax(beta * z)`` from :func:`smooth_max_terms`, in place; floored terms become 0."""
+    """``softmax(beta * z)`` from :func:`smooth_max_terms_`, in place; floored terms become 0."""
     floor_term = math.exp(exp_floor(terms.dtype))
     return torch.threshold_(terms, floor_term, 0.0).div_(term_sum.unsqueeze(1))
 
@@ -263,9 +264,25 @@ def runner_up_outside_margin(logits: Tensor, row_max: Tensor, margin: float) -> 
     ``(z - max) + margin``, not ``z - (max - margin)``: where ``margin`` is below half a unit in
     the last place of ``max`` (float32 logits of a few million), ``max - margin`` rounds to
     ``max`` and tied maxima would look like clear winners.
+
+    Eagerly the rows go :data:`CHECK_BLOCK` numbers at a time, so the temporary excess stays
+    small beside the logits (a compiler fuses it away): a logits-sized temporary per chunk of the
+    linear head raised its peak memory up to 1.9x, where glibc kept it on a fragmented heap.
     """
-    excess = (logits - row_max.unsqueeze(1)).add_(margin).clamp_min_(0).sum(dim=1)
+    rows = logits.shape[0]
+    if not torch.compiler.is_compiling() and logits.numel() > CHECK_BLOCK:
+        rows = max(1, CHECK_BLOCK * logits.shape[0] // logits.numel())
+    excess = torch.cat(
+        [
+            (block - block_max.unsqueeze(1)).add_(margin).clamp_min_(0).sum(dim=1)
+            for block, block_max in zip(logits.split(rows), row_max.split(rows))
+        ]
+    )
     return excess <= margin * (1 + 1e-3)
+
+
+#: Numbers of logits :func:`runner_up_outside_margin` checks at a time (256 KB in float32).
+CHECK_BLOCK = 2**16
 
 
 def fair_loss_composite(

@@ -45,14 +45,10 @@ from fairloss._validation import IMPLEMENTATIONS, FairLossOptions, check_choice,
 
 __all__ = [
     "DENSE_COMPILED_MAX_CLASSES",
-    "IMPLEMENTATION_NAMES",
     "Implementation",
     "element_loss",
     "select",
 ]
-
-#: The values of the ``impl`` argument of :func:`fairloss.fair_loss`.
-IMPLEMENTATION_NAMES = IMPLEMENTATIONS
 
 #: Under ``torch.compile`` on CPU, ``"auto"`` runs ``"dense"`` up to this many classes and
 #: ``"sparse"`` above (the table above).
@@ -73,13 +69,13 @@ def select(
 ) -> Optional[Implementation]:
     """The implementation for logits on ``device`` with ``num_classes``; None: the composite.
 
-    ``impl`` is checked to be one of :data:`IMPLEMENTATION_NAMES`. ``"auto"`` picks ``"dense"``
-    off the CPU (no host synchronisation there), and on the CPU ``"sparse"``, except under
-    ``torch.compile`` for at most :data:`DENSE_COMPILED_MAX_CLASSES` classes; without classes
-    (``C = 0``) the composite, which is then cross-entropy alone. ``sharded`` logits (a
-    ``DTensor`` split by class) take ``"dense"``, and refuse the others.
+    ``impl`` is checked to be one of :data:`fairloss._validation.IMPLEMENTATIONS`. ``"auto"``
+    picks ``"dense"`` off the CPU (no host synchronisation there), and on the CPU ``"sparse"``,
+    except under ``torch.compile`` for at most :data:`DENSE_COMPILED_MAX_CLASSES` classes;
+    without classes (``C = 0``) the composite, which is then cross-entropy alone. ``sharded``
+    logits (a ``DTensor`` split by class) take ``"dense"``, and refuse the others.
     """
-    check_choice("impl", impl, IMPLEMENTATION_NAMES)
+    check_choice("impl", impl, IMPLEMENTATIONS)
     if sharded:
         if impl not in ("auto", "dense"):
             raise ValueError(
