@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 from torch.testing import assert_close
@@ -28,7 +30,11 @@ def test_blocks_give_the_reference_value_and_gradient(blocks: str, layout: tuple
     target = torch.randint(0, 13, (layout[0], *layout[2:]), generator=generator)
     target[:3] = 0
     target[5] = -100
-    options = {"smooth_max_beta": 200.0, "scaling_factor": 300.0, "reduction": "sum"}
+    options: dict[str, Any] = {
+        "smooth_max_beta": 200.0,
+        "scaling_factor": 300.0,
+        "reduction": "sum",
+    }
     leaf = logits.clone().requires_grad_()
     reference_leaf = logits.clone().requires_grad_()
     loss = fair_loss(leaf, target, impl="sparse", **options)
@@ -44,7 +50,7 @@ def test_blocks_in_the_chunked_head(blocks: str) -> None:
     hidden = (torch.randn(24, 5, generator=generator, dtype=torch.float64) * 0.01).requires_grad_()
     head = torch.randn(13, 5, generator=generator, dtype=torch.float64).requires_grad_()
     target = torch.randint(0, 13, (24,), generator=generator)
-    options = {"smooth_max_beta": 200.0, "scaling_factor": 300.0}
+    options: dict[str, Any] = {"smooth_max_beta": 200.0, "scaling_factor": 300.0}
     loss = linear_fair_loss(hidden, head, target, chunk_size=7, **options)
     expected = linear_fair_loss_reference(hidden, head, target, **options)
     assert_close(loss, expected, rtol=1e-10, atol=1e-12)
